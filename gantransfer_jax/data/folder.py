@@ -1,0 +1,131 @@
+"""Loads a folder of images into one uint8 array, square-cropped to a resolution.
+
+Low-shot datasets are tens to thousands of images, so the whole set is decoded
+once into memory. Files are read (never written) with Pillow in sorted path
+order, so the same folder always gives the same array.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
+
+# Transparent pixels are composited onto white, how viewers show them.
+_MATTE = (255, 255, 255)
+
+
+def list_image_files(path: str, *, recursive: bool = True) -> list[str]:
+  """Sorted paths of the files under `path` with an image extension (any case)."""
+  if recursive:
+    found = [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+  else:
+    found = [entry.path for entry in os.scandir(path) if entry.is_file()]
+  return sorted(p for p in found if p.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  """8-bit RGB from any Pillow mode: greyscale replicated, alpha composited, 16 bit scaled."""
+  if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    # 16-bit greyscale (PNG, PGM, TIFF): 65535 -> 255. Mode "I" holds the
+    # same 16-bit values for some formats and Pillow versions.
+    levels = np.asarray(image, dtype=np.float64)
+    image = Image.fromarray(np.clip(np.rint(levels / 257.0), 0, 255).astype(np.uint8))
+  elif image.mode == "F":
+    levels = np.asarray(image, dtype=np.float64)
+    scale = 255.0 if levels.max(initial=0.0) <= 1.0 else 1.0
+    image = Image.fromarray(np.clip(np.rint(levels * scale), 0, 255).astype(np.uint8))
+  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    rgba = image.convert("RGBA")
+    matte = Image.new("RGBA", rgba.size, _MATTE + (255,))
+    return Image.alpha_composite(matte, rgba).convert("RGB")
+  return image.convert("RGB")
+
+
+def _square(image: Image.Image, resolution: int) -> Image.Image:
+  """Resizes so the shorter side is `resolution` and centre-crops, in one resampling."""
+  width, height = image.size
+  side = min(width, height)
+  left, top = (width - side) / 2, (height - side) / 2
+  return image.resize((resolution, resolution), Image.Resampling.LANCZOS,
+                      box=(left, top, left + side, top + side))
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+  """A Pillow image from uint8 / uint16 / bool [H, W] or [H, W, 1|3|4] (RGB(A)) pixels."""
+  array = np.asarray(array)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+    raise ValueError(f"expected an [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] image, "
+                     f"got shape {array.shape}")
+  if array.dtype == np.uint16:
+    array = np.rint(array / 257.0).astype(np.uint8)
+  elif array.dtype == bool:
+    array = array.astype(np.uint8) * 255
+  elif array.dtype != np.uint8:
+    raise ValueError(f"expected uint8, uint16 or bool pixels, got {array.dtype}")
+  return Image.fromarray(np.ascontiguousarray(array))  # Mode L, RGB or RGBA from the shape.
+
+
+def fit_image(image: np.ndarray | Image.Image, resolution: int) -> np.ndarray:
+  """One image as uint8 [R, R, 3], the way load_image_folder brings every file to it.
+
+  `image` is a Pillow image or a uint8 / uint16 / bool array [H, W] or
+  [H, W, 1|3|4]. The shorter side is resized (Lanczos) to R and the centre
+  cropped; greyscale is replicated, alpha composited onto white, 16 bit scaled.
+  """
+  if not isinstance(image, Image.Image):
+    image = _array_to_image(image)
+  return np.asarray(_square(_to_rgb(image), resolution), dtype=np.uint8)
+
+
+def load_image(path: str, resolution: int) -> np.ndarray:
+  """One image file as uint8 [R, R, 3]; raises OSError/ValueError if unreadable."""
+  with Image.open(path) as image:
+    image.load()
+    # Camera JPEGs store their orientation in EXIF; show them upright.
+    return fit_image(ImageOps.exif_transpose(image), resolution)
+
+
+def load_image_folder(path: str, resolution: int, *, recursive: bool = True) -> np.ndarray:
+  """Every image under `path` as uint8 [N, R, R, 3], in sorted path order.
+
+  Reads jpg, jpeg, png, pgm, bmp, webp, tif and tiff (greyscale, RGB, RGBA,
+  palette, 16-bit) with Pillow; resizes (Lanczos) so the shorter side is
+  `resolution` and centre-crops. Greyscale is replicated to 3 channels, alpha
+  composited onto white, 16-bit scaled to 8-bit. Unreadable files are skipped
+  and listed in one warning.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: `path` is not a folder, holds no image files, none of them is
+      readable, or `resolution` is not a positive integer.
+  """
+  if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+    raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"image folder {path!r} does not exist")
+  if not os.path.isdir(path):
+    raise ValueError(f"{path!r} is not a folder")
+  files = list_image_files(path, recursive=recursive)
+  if not files:
+    raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path!r}"
+                     + ("" if recursive else " (recursive=False)"))
+  images, skipped = [], []
+  for file in files:
+    try:
+      images.append(load_image(file, resolution))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+      skipped.append(f"{file} ({type(error).__name__}: {error})")
+  if not images:
+    raise ValueError(f"none of the {len(files)} image files under {path!r} is readable:\n  "
+                     + "\n  ".join(skipped))
+  if skipped:
+    warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {path!r}:\n  "
+                  + "\n  ".join(skipped), stacklevel=2)
+  return np.stack(images)

@@ -1,0 +1,119 @@
+"""Sample quality of a generator against a reference set: FID, KID, precision/recall.
+
+Used every `config.eval_every` steps by the training loop and by the `evaluate` task.
+The reference set is the real target set when finetuning (all of it, not just the
+n-shot training subset, as the papers evaluate) and a fixed synthetic set when
+pretraining. Its Inception statistics are computed once and cached.
+
+Deviation: paper 004 computes precision/recall on VGG16 features; VGG16 weights are
+not available offline here, so precision/recall use the same Inception pool features
+as FID (k = 5 neighbours, Kynkaanniemi et al.).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from gantransfer_jax import metrics
+from gantransfer_jax import parallel
+from gantransfer_jax.data import sampler as sampler_lib
+from gantransfer_jax.metrics import inception
+
+_EVAL_SALT = 3
+_REFERENCE_SALT = 4
+
+EVAL_KEYS = ("eval/fid", "eval/kid", "eval/kid_std", "eval/precision", "eval/recall")
+
+
+def _batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+  for start in range(0, len(images), batch_size):
+    yield images[start:start + batch_size]
+
+
+def reference_set(config: ml_collections.ConfigDict,
+                  cache_dir: str | None = None) -> tuple[str, int, Callable[[], Iterator]]:
+  """(cache key, image count, batch iterator factory) of the evaluation reference set."""
+  batch = 64
+  if sampler_lib.is_synthetic(config.data.source):
+    sampler = sampler_lib.make_sampler(config)
+    num = config.eval_num_images
+    key = jax.random.fold_in(jax.random.key(config.seed), _REFERENCE_SALT)
+    options = json.dumps({k: config.data[k] for k in ("n_shapes", "size_policy")})
+    name = f"{config.data.source}-{options}-seed{config.seed}"
+    synthesize = jax.jit(sampler.sample, static_argnums=2)
+
+    def synthetic_batches():
+      for i in range(0, num, batch):
+        yield np.asarray(synthesize(sampler.data, jax.random.fold_in(key, i), batch))
+
+    return name, num, synthetic_batches
+
+  from gantransfer_jax.data import sources  # pylint: disable=g-import-not-at-top
+  full = ml_collections.ConfigDict(config.data.to_dict())
+  full.num_images = 0  # Evaluate against the whole target set.
+  images = sources.load_dataset(full, config.resolution, cache_dir=cache_dir)
+  return (f"{sources.describe(config.data.source)}-all", len(images),
+          lambda: _batches(images, batch))
+
+
+class Evaluator:
+  """Generates `num_images` with fixed latents and scores them against a reference set."""
+
+  def __init__(self, config: ml_collections.ConfigDict, generator, mesh, *,
+               num_images: int, feature_fn: Callable | None = None,
+               cache_dir: str | None = None, stats_cache_dir: str | None = None):
+    self.num_images = num_images
+    self.feature_fn = feature_fn or inception.load(mesh=mesh)
+    name, ref_count, ref_batches = reference_set(config, cache_dir)
+    self.reference = inception.reference_stats(
+        name, ref_batches, resolution=config.resolution, num_images=ref_count,
+        feature_fn=self.feature_fn, cache_dir=stats_cache_dir)
+    batch = min(64, -(-num_images // mesh.size) * mesh.size)
+    self._batch = -(-batch // mesh.size) * mesh.size
+    key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_SALT)
+    k_z, self._noise_key = jax.random.split(key)
+    num_batches = -(-num_images // self._batch)
+    self._latents = jax.random.normal(k_z, (num_batches, self._batch, generator.z_dim))
+    psi = config.stylegan2.truncation_psi
+
+    @functools.partial(jax.jit, out_shardings=parallel.batch_sharded(mesh))
+    def generate(params, stats, z, key):
+      return generator.apply({"params": params, "stats": stats}, z, truncation_psi=psi,
+                             rngs={"noise": key})
+
+    self._generate = generate
+
+  def generated_features(self, params: Any, stats: Any) -> np.ndarray:
+    features = []
+    for i, z in enumerate(self._latents):
+      images = self._generate(params, stats, z, jax.random.fold_in(self._noise_key, i))
+      features.append(self.feature_fn(images))
+    return np.concatenate(features)[:self.num_images]
+
+  def __call__(self, params: Any, stats: Any) -> dict[str, float]:
+    fake = self.generated_features(params, stats)
+    real = self.reference.features
+    kid, kid_std = metrics.kid_from_features(real, fake)
+    precision, recall = metrics.precision_recall(real, fake, k=5)
+    fid = metrics.frechet_distance(self.reference.mu, self.reference.sigma,
+                                   *metrics.feature_statistics(fake))
+    return {"eval/fid": fid, "eval/kid": kid, "eval/kid_std": kid_std,
+            "eval/precision": precision, "eval/recall": recall}
+
+
+def convergence_from_history(records: list[dict[str, Any]]) -> float | None:
+  """kimg at which eval/fid first came within 5% of its best (papers 001, 004)."""
+  evals = [(r["perf/kimg"], r["eval/fid"]) for r in records
+           if r.get("eval/fid") is not None and r.get("perf/kimg") is not None]
+  if not evals:
+    return None
+  kimg, fids = zip(*evals)
+  return metrics.convergence_kimg(kimg, fids)
+

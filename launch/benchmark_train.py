@@ -1,0 +1,90 @@
+r"""Steady-state training throughput and peak memory on the current backend.
+
+  python launch/benchmark_train.py --presets=quick,paper --steps=20
+
+For each preset of configs/ps_pretrain.py: builds the sharded train step exactly as
+training does (synthesis, DiffAugment, R1 and path-length included on their
+schedule), compiles it, then times `--steps` steps after `--warmup` steps and
+prints images/s, ms/step and peak memory (device allocator on GPU/TPU, process
+RSS on CPU).
+"""
+
+import importlib.util
+import os
+import resource
+import time
+
+from absl import app
+from absl import flags
+import jax
+
+from gantransfer_jax import parallel
+from gantransfer_jax import train
+from gantransfer_jax.data import sampler as sampler_lib
+from gantransfer_jax.models import build_models
+
+_PRESETS = flags.DEFINE_list("presets", ["quick", "paper"], "ps_pretrain presets ('paper' = default).")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 4, "Untimed steps (compiles every step variant).")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Override the preset's batch size (0 = keep).")
+
+
+def load_config_module(name: str):
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def peak_memory_gib() -> tuple[float, str]:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**30, "device peak"
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
+
+
+def benchmark(preset: str) -> dict:
+  config = load_config_module("ps_pretrain").get_config("" if preset == "paper" else preset)
+  if _BATCH.value:
+    config.batch_size = _BATCH.value
+  mesh = parallel.create_mesh()
+  generator, discriminator = build_models(config)
+  g_tx, d_tx = train.make_optimizers(config)
+  state = train.create_train_state(config, generator, discriminator, g_tx, d_tx, mesh)
+  sampler = sampler_lib.make_sampler(config)
+  data = jax.device_put(sampler.data, parallel.replicated(mesh))
+  step_fn = train.make_train_step(config, generator, discriminator,
+                                  sampler.sample, g_tx, d_tx, mesh)
+  compile_start = time.perf_counter()
+  for step in range(_WARMUP.value):
+    state, metrics = step_fn(state, data, **train.regularizer_schedule(step, config))
+  jax.block_until_ready(metrics)
+  warmup_s = time.perf_counter() - compile_start
+  start = time.perf_counter()
+  for step in range(_WARMUP.value, _WARMUP.value + _STEPS.value):
+    state, metrics = step_fn(state, data, **train.regularizer_schedule(step, config))
+  jax.block_until_ready(metrics)
+  elapsed = time.perf_counter() - start
+  memory, memory_kind = peak_memory_gib()
+  return dict(preset=preset, resolution=config.resolution, batch=config.batch_size,
+              img_per_sec=config.batch_size * _STEPS.value / elapsed,
+              ms_per_step=1000 * elapsed / _STEPS.value, warmup_s=warmup_s,
+              memory=memory, memory_kind=memory_kind)
+
+
+def main(argv):
+  del argv
+  device = jax.devices()[0]
+  print(f"backend {device.platform} ({device.device_kind}), {jax.device_count()} device(s)")
+  print(f"{'preset':>8} {'res':>5} {'batch':>5} {'img/s':>9} {'ms/step':>9} "
+        f"{'warmup s':>9} {'peak GiB':>9}")
+  for preset in _PRESETS.value:
+    r = benchmark(preset)
+    print(f"{r['preset']:>8} {r['resolution']:>5} {r['batch']:>5} {r['img_per_sec']:>9.1f} "
+          f"{r['ms_per_step']:>9.1f} {r['warmup_s']:>9.1f} {r['memory']:>9.2f} ({r['memory_kind']})",
+          flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

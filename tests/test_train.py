@@ -1,0 +1,150 @@
+"""The sharded train step, checkpoint/resume, the main job's outputs, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ps_pretrain
+from gantransfer_jax import checkpoints
+from gantransfer_jax import parallel
+from gantransfer_jax import train
+from gantransfer_jax import validation
+from gantransfer_jax import writers
+from gantransfer_jax.data import sampler as sampler_lib
+from gantransfer_jax.models import build_models
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  config = ps_pretrain.get_config("tiny")
+  config.update(overrides)
+  return config
+
+
+def run_steps(config, devices, num_steps):
+  mesh = parallel.create_mesh(devices)
+  generator, discriminator = build_models(config)
+  g_tx, d_tx = train.make_optimizers(config)
+  state = train.create_train_state(config, generator, discriminator, g_tx, d_tx, mesh)
+  sampler = sampler_lib.make_sampler(config)
+  data = jax.device_put(sampler.data, parallel.replicated(mesh))
+  step_fn = train.make_train_step(config, generator, discriminator,
+                                  sampler.sample, g_tx, d_tx, mesh)
+  history = []
+  for step in range(num_steps):
+    state, metrics = step_fn(state, data, **train.regularizer_schedule(step, config))
+    history.append(metrics)
+  return jax.device_get(state), jax.device_get(history)
+
+
+def assert_trees_close(a, b, **tolerance):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tolerance), a, b)
+
+
+def test_two_devices_match_one_device_on_the_same_global_batch():
+  config = tiny_config()
+  one, metrics_one = run_steps(config, jax.devices()[:1], num_steps=2)
+  two, metrics_two = run_steps(config, jax.devices()[:2], num_steps=2)
+  assert set(metrics_one[0]) >= {"loss/d", "loss/g", "loss/r1", "loss/pl"}
+  assert_trees_close(metrics_one, metrics_two, rtol=1e-4, atol=1e-5)
+  assert_trees_close(one.g_params, two.g_params, rtol=1e-4, atol=1e-5)
+  assert_trees_close(one.d_params, two.d_params, rtol=1e-4, atol=1e-5)
+  assert_trees_close(one.g_ema_params, two.g_ema_params, rtol=1e-4, atol=1e-5)
+  # The step really trains: parameters moved away from their initial values.
+  fresh = jax.device_get(train.init_train_state(
+      config, *build_models(config), *train.make_optimizers(config)))
+  moved = jax.tree.map(lambda x, y: np.abs(x - y).max(), fresh.d_params, one.d_params)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_regularizer_schedule_is_lazy():
+  config = tiny_config()
+  config.loss.r1_interval = 4
+  config.loss.pl_interval = 2
+  flags = [train.regularizer_schedule(s, config) for s in range(4)]
+  assert [f["do_r1"] for f in flags] == [True, False, False, False]
+  assert [f["do_pl"] for f in flags] == [True, False, True, False]
+  config.loss.pl_weight = 0.0
+  assert not any(train.regularizer_schedule(s, config)["do_pl"] for s in range(4))
+
+
+def test_main_job_writes_checkpoints_metrics_and_samples_and_resumes_exactly(tmp_path):
+  config = tiny_config(total_steps=4, log_every=2, sample_every=2, checkpoint_every=2)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  resumed_dir = str(tmp_path / "resumed")
+  train.train_and_evaluate(tiny_config(total_steps=2, log_every=2, sample_every=2,
+                                       checkpoint_every=2), resumed_dir)
+  resumed = train.train_and_evaluate(config, resumed_dir)
+  assert int(resumed.step) == 4
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight),
+               jax.device_get(resumed))
+
+  workdir = tmp_path / "straight"
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+  assert sorted(os.listdir(workdir / "samples")) == ["step_0000002.png", "step_0000004.png"]
+  records = writers.read_metrics(str(workdir))
+  assert [r["step"] for r in records] == [2, 4]
+  for record in records:
+    for key in ("loss/d", "loss/g", "loss/r1", "perf/img_per_sec", "perf/step_time_ms"):
+      assert np.isfinite(record[key]), key
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["resolution"] == 16
+
+  restored_config, params = checkpoints.restore_params(str(workdir))
+  assert restored_config.stylegan2.channel_max == config.stylegan2.channel_max
+  np.testing.assert_array_equal(
+      jax.tree.leaves(params["generator_ema"])[0],
+      jax.tree.leaves(jax.device_get(straight.g_ema_params))[0])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("resolution", 48, "power of two"),
+    ("batch_size", 6, "multiple of the number of devices"),
+    ("data.source", "synth:nope", "primitives_ps"),
+    ("loss.kind", "wgan", "loss.kind 'wgan' is unknown"),
+    ("augment", "color,zoom", "augment"),
+    ("model", "biggan", "model 'biggan' is unknown"),
+])
+def test_bad_configs_fail_with_their_message(tmp_path, field, value, message):
+  config = tiny_config()
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(validation.ConfigError, match=message):
+    validation.validate_train_config(config, str(tmp_path))
+
+
+def test_unwritable_workdir_fails_clearly(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(validation.ConfigError, match="not writable"):
+    validation.validate_train_config(tiny_config(), str(blocker / "workdir"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "gantransfer_jax.main", "--config=configs/ps_pretrain.py:tiny",
+         f"--workdir={workdir}", "--config.total_steps=100000", "--config.log_every=1",
+         "--config.checkpoint_every=100000", "--config.sample_every=100000"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    assert time.time() < deadline, "training never logged a step"
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output.decode()[-3000:]
+  steps = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+  assert len(steps) == 1 and steps[0] >= 2
