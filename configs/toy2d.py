@@ -46,8 +46,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.num_w1_threads = 2     # scipy's assignment solver releases the GIL.
 
   config.dissection = ml_collections.ConfigDict(dict(
-      num_checkpoints=100,      # Source-I pretraining checkpoints...
-      checkpoint_every=50,      # ...after 50, 100, ..., 5000 G steps.
+      num_checkpoints=100,      # Source-I pretraining checkpoints, every `checkpoint_every`
+      checkpoint_every=0,       # G steps; 0: pretrain_steps / num_checkpoints (here 50).
       num_metric_points=1000,   # Target and generated points for recall/precision.
       k=5,                      # k-NN of recall/precision.
       # Points per W1 of the dissection's finetuned generators (4 evaluations x 100 runs).
@@ -72,7 +72,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.eval_every = 30
     config.w1_num_points = 256
     config.chunk_steps = 20
-    config.dissection.update(num_checkpoints=8, checkpoint_every=20, num_metric_points=200,
+    config.dissection.update(num_checkpoints=8, num_metric_points=200,
                              w1_num_points=128)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; valid: '', 'quick'")

@@ -37,13 +37,17 @@ def _batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     yield images[start:start + batch_size]
 
 
-def reference_set(config: ml_collections.ConfigDict,
-                  cache_dir: str | None = None) -> tuple[str, int, Callable[[], Iterator]]:
-  """(cache key, image count, batch iterator factory) of the evaluation reference set."""
+def reference_set(config: ml_collections.ConfigDict, cache_dir: str | None = None,
+                  num_reference: int | None = None) -> tuple[str, int, Callable[[], Iterator]]:
+  """(cache key, image count, batch iterator factory) of the evaluation reference set.
+
+  Real data: the whole set unless `num_reference` asks for a (seeded) subset.
+  Synthetic data: `num_reference` (default config.eval_num_images) fixed images.
+  """
   batch = 64
   if sampler_lib.is_synthetic(config.data.source):
     sampler = sampler_lib.make_sampler(config)
-    num = config.eval_num_images
+    num = num_reference or config.eval_num_images
     key = jax.random.fold_in(jax.random.key(config.seed), _REFERENCE_SALT)
     options = json.dumps({k: config.data[k] for k in ("n_shapes", "size_policy")})
     name = f"{config.data.source}-{options}-seed{config.seed}"
@@ -57,9 +61,11 @@ def reference_set(config: ml_collections.ConfigDict,
 
   from gantransfer_jax.data import sources  # pylint: disable=g-import-not-at-top
   full = ml_collections.ConfigDict(config.data.to_dict())
-  full.num_images = 0  # Evaluate against the whole target set.
+  full.num_images = num_reference or 0  # Default: the whole target set.
+  full.subset_seed = full.get("subset_seed", 0)  # Pretraining configs have none.
   images = sources.load_dataset(full, config.resolution, cache_dir=cache_dir)
-  return (f"{sources.describe(config.data.source)}-all", len(images),
+  subset = f"n{num_reference}s{full.subset_seed}" if num_reference else "all"
+  return (f"{sources.describe(config.data.source)}-{subset}", len(images),
           lambda: _batches(images, batch))
 
 
@@ -67,11 +73,13 @@ class Evaluator:
   """Generates `num_images` with fixed latents and scores them against a reference set."""
 
   def __init__(self, config: ml_collections.ConfigDict, generator, mesh, *,
-               num_images: int, feature_fn: Callable | None = None,
-               cache_dir: str | None = None, stats_cache_dir: str | None = None):
+               num_images: int, num_reference: int | None = None, k: int = 5,
+               feature_fn: Callable | None = None, cache_dir: str | None = None,
+               stats_cache_dir: str | None = None):
     self.num_images = num_images
+    self.k = k
     self.feature_fn = feature_fn or inception.load(mesh=mesh)
-    name, ref_count, ref_batches = reference_set(config, cache_dir)
+    name, ref_count, ref_batches = reference_set(config, cache_dir, num_reference)
     self.reference = inception.reference_stats(
         name, ref_batches, resolution=config.resolution, num_images=ref_count,
         feature_fn=self.feature_fn, cache_dir=stats_cache_dir)
@@ -99,13 +107,19 @@ class Evaluator:
 
   def __call__(self, params: Any, stats: Any) -> dict[str, float]:
     fake = self.generated_features(params, stats)
-    real = self.reference.features
-    kid, kid_std = metrics.kid_from_features(real, fake)
-    precision, recall = metrics.precision_recall(real, fake, k=5)
-    fid = metrics.frechet_distance(self.reference.mu, self.reference.sigma,
-                                   *metrics.feature_statistics(fake))
-    return {"eval/fid": fid, "eval/kid": kid, "eval/kid_std": kid_std,
-            "eval/precision": precision, "eval/recall": recall}
+    return {f"eval/{name}": value
+            for name, value in scores(self.reference, fake, self.k).items()}
+
+
+def scores(reference: inception.ReferenceStats, features: np.ndarray,
+           k: int = 5) -> dict[str, float]:
+  """FID, KID (mean, std over subsets), precision and recall of `features` vs a reference."""
+  kid, kid_std = metrics.kid_from_features(reference.features, features)
+  precision, recall = metrics.precision_recall(reference.features, features, k=k)
+  # From the features, not the cached statistics: exact for few-shot targets, whose
+  # covariance is singular.
+  fid = metrics.fid_from_features(reference.features, features)
+  return {"fid": fid, "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall}
 
 
 def convergence_from_history(records: list[dict[str, Any]]) -> float | None:

@@ -5,6 +5,7 @@ the package, so new tasks plug in here without touching the training loop.
 """
 
 import importlib
+import logging as std_logging
 import os
 
 from absl import app
@@ -24,6 +25,8 @@ flags.mark_flags_as_required(["config"])
 TASKS = {
     "pretrain": "gantransfer_jax.train:train_and_evaluate",
     "finetune": "gantransfer_jax.train:train_and_evaluate",
+    "evaluate": "gantransfer_jax.tasks.evaluate:run",
+    "select": "gantransfer_jax.tasks.select:run",
     "toy2d": "gantransfer_jax.tasks.toy2d:run",
 }
 
@@ -35,7 +38,15 @@ def resolve_task(name: str):
   return getattr(importlib.import_module(module), function)
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Keeps Orbax's per-save INFO chatter off the console; warnings still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
+  std_logging.getLogger("absl").addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value

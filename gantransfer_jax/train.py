@@ -98,6 +98,8 @@ def init_train_state(config, generator, discriminator, g_tx, d_tx,
   g_vars = generator.init({"params": k_g, "noise": k_noise}, z)
   images = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
   d_vars = discriminator.init(k_d, images)
+  freezing.check_prefixes(g_vars["params"], frozen.generator)
+  freezing.check_prefixes(d_vars["params"], frozen.discriminator)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       g_params=g_vars["params"],

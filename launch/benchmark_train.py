@@ -9,6 +9,7 @@ prints images/s, ms/step and peak memory (device allocator on GPU/TPU, process
 RSS on CPU).
 """
 
+import ast
 import importlib.util
 import os
 import resource
@@ -26,7 +27,9 @@ from gantransfer_jax.models import build_models
 _PRESETS = flags.DEFINE_list("presets", ["quick", "paper"], "ps_pretrain presets ('paper' = default).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 4, "Untimed steps (compiles every step variant).")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "Override the preset's batch size (0 = keep).")
+_SET = flags.DEFINE_multi_string(
+    "set", [], "Config overrides KEY=VALUE (e.g. --set=stylegan2.channel_max=64), applied "
+    "to every preset; values are parsed as Python literals when possible.")
 
 
 def load_config_module(name: str):
@@ -46,8 +49,13 @@ def peak_memory_gib() -> tuple[float, str]:
 
 def benchmark(preset: str) -> dict:
   config = load_config_module("ps_pretrain").get_config("" if preset == "paper" else preset)
-  if _BATCH.value:
-    config.batch_size = _BATCH.value
+  for assignment in _SET.value:
+    key, value = assignment.split("=", 1)
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # A bare string.
+    config.update_from_flattened_dict({key: value})
   mesh = parallel.create_mesh()
   generator, discriminator = build_models(config)
   g_tx, d_tx = train.make_optimizers(config)

@@ -129,7 +129,9 @@ def test_config_follows_the_paper():
   assert config.task == "toy2d"
   assert (config.pretrain_steps, config.finetune_steps, config.batch_size, config.d_steps) == (
       5000, 1000, 64, 4)
-  assert config.dissection.num_checkpoints * config.dissection.checkpoint_every == 5000
+  assert toy2d.checkpoint_interval(config) == 50 and config.dissection.num_checkpoints == 100
+  config.pretrain_steps = 500  # Checkpoints follow the pretraining length unless set.
+  assert toy2d.checkpoint_interval(config) == 5
   assert (config.lr, config.b1, config.b2, config.ema_decay) == (2e-4, 0.5, 0.999, 0.99)
   assert config.w1_num_points == 2048 and config.dissection.k == 5
   with pytest.raises(ValueError):

@@ -20,7 +20,12 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
+import jax
 import numpy as np
+
+from gantransfer_jax import images as images_lib
+from gantransfer_jax import synth
+from gantransfer_jax.data import load_image_folder
 
 # BT.601 luma, as Pillow's "L" mode and cv2.COLOR_RGB2GRAY.
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -75,9 +80,6 @@ def spectrum_ssim(spectrum: np.ndarray, other: np.ndarray) -> float:
 def synthetic_spectrum(name: str, resolution: int, num: int, seed: int = 0,
                        batch_size: int = 100, **options) -> np.ndarray:
   """Mean spectrum of `num` images of synthesizer `name` (batches from fold_in(key, i))."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from gantransfer_jax import images as images_lib, synth  # pylint: disable=g-import-not-at-top
-
   synthesize = synth.make_synthesizer(name, resolution, **options)
   key = jax.random.key(seed)
   mean = SpectrumMean()
@@ -90,9 +92,7 @@ def synthetic_spectrum(name: str, resolution: int, num: int, seed: int = 0,
 
 def format_row(target: str, ssims: dict[str, float]) -> str:
   """The Table-1-style header and row: SSIM of each synthesizer vs the target."""
-  from gantransfer_jax.synth import DISPLAY_NAMES  # pylint: disable=g-import-not-at-top
-
-  names = [DISPLAY_NAMES.get(name, name) for name in ssims]
+  names = [synth.DISPLAY_NAMES.get(name, name) for name in ssims]
   header = "| target | " + " | ".join(names) + " |"
   rule = "|" + "---|" * (len(names) + 1)
   row = f"| {target} | " + " | ".join(f"{value:.4f}" for value in ssims.values()) + " |"
@@ -102,13 +102,13 @@ def format_row(target: str, ssims: dict[str, float]) -> str:
 def save_spectra_figure(path: str, spectra: dict[str, np.ndarray],
                         ssims: dict[str, float]) -> None:
   """The mean log-spectra side by side on one colour scale, SSIM in the titles."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A bare Figure renders with Agg and leaves pyplot's global backend alone.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   vmin = min(s.min() for s in spectra.values())
   vmax = max(s.max() for s in spectra.values())
-  fig, axes = plt.subplots(1, len(spectra), figsize=(2.6 * len(spectra), 3.0), squeeze=False)
+  fig = Figure(figsize=(2.6 * len(spectra), 3.0))
+  axes = fig.subplots(1, len(spectra), squeeze=False)
   for ax, (title, spectrum) in zip(axes[0], spectra.items()):
     shown = ax.imshow(spectrum, cmap="magma", vmin=vmin, vmax=vmax)
     if title in ssims:
@@ -118,7 +118,6 @@ def save_spectra_figure(path: str, spectra: dict[str, np.ndarray],
     ax.set_yticks([])
   fig.colorbar(shown, ax=axes[0].tolist(), shrink=0.8, label="mean log(1 + |F|)")
   fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
 
 
 def run(target: str, out: str, *, resolution: int = 64, num: int = 1000, seed: int = 0,
@@ -128,13 +127,12 @@ def run(target: str, out: str, *, resolution: int = 64, num: int = 1000, seed: i
   Prints the Table-1 row; writes OUT/spectrum.png and OUT/spectrum.json.
   `options` go to make_synthesizer (n_shapes, size_policy, ...).
   """
-  from gantransfer_jax.data import load_image_folder  # pylint: disable=g-import-not-at-top
-  from gantransfer_jax.synth import DISPLAY_NAMES, SYNTHESIZERS  # pylint: disable=g-import-not-at-top
-
-  names = list(SYNTHESIZERS if names is None else names)
-  unknown = [name for name in names if name not in SYNTHESIZERS]
+  names = list(synth.SYNTHESIZERS if names is None else names)
+  unknown = [name for name in names if name not in synth.SYNTHESIZERS]
   if unknown or not names:
-    raise ValueError(f"unknown synthesizer(s) {unknown}; valid: {', '.join(SYNTHESIZERS)}")
+    raise ValueError(f"unknown synthesizer(s) {unknown}; valid: {', '.join(synth.SYNTHESIZERS)}")
+  for name in names:  # Bad options fail before any work.
+    synth.make_config(name, resolution, **options)
   target_images = load_image_folder(target, resolution)
   target_spectrum = mean_log_spectrum(target_images)
   spectra = {"target": target_spectrum}
@@ -142,14 +140,14 @@ def run(target: str, out: str, *, resolution: int = 64, num: int = 1000, seed: i
   for name in names:
     spectrum = synthetic_spectrum(name, resolution, num, seed=seed, batch_size=batch_size,
                                   **options)
-    spectra[DISPLAY_NAMES[name]] = spectrum
+    spectra[synth.DISPLAY_NAMES[name]] = spectrum
     ssims[name] = spectrum_ssim(spectrum, target_spectrum)
 
   target_label = f"{os.path.basename(os.path.normpath(target))} ({len(target_images)})"
   print(format_row(target_label, ssims))
   os.makedirs(out, exist_ok=True)
   save_spectra_figure(os.path.join(out, "spectrum.png"), spectra,
-                      {DISPLAY_NAMES[n]: v for n, v in ssims.items()})
+                      {synth.DISPLAY_NAMES[n]: v for n, v in ssims.items()})
   summary = {
       "target": os.path.abspath(target),
       "num_target_images": len(target_images),
@@ -185,7 +183,6 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from gantransfer_jax.synth import SIZE_POLICIES, SYNTHESIZERS  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("target", None, "Folder of target images (jpg, png, pgm, bmp, ...).")
   flags.DEFINE_string("out", None, "Output folder for spectrum.png and spectrum.json.")
@@ -193,10 +190,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num", 1000, "Synthetic images per synthesizer.")
   flags.DEFINE_integer("seed", 0, "PRNG seed of the synthetic images.")
   flags.DEFINE_integer("batch_size", 100, "Synthetic images per jitted call.")
-  flags.DEFINE_string("synthesizers", ",".join(SYNTHESIZERS),
-                      f"Comma-separated subset of {', '.join(SYNTHESIZERS)}.")
+  flags.DEFINE_string("synthesizers", ",".join(synth.SYNTHESIZERS),
+                      f"Comma-separated subset of {', '.join(synth.SYNTHESIZERS)}.")
   flags.DEFINE_integer("n_shapes", 100, "Shapes per image.")
-  flags.DEFINE_enum("size_policy", "decay", list(SIZE_POLICIES), "Shape size policy.")
+  flags.DEFINE_enum("size_policy", "decay", list(synth.SIZE_POLICIES), "Shape size policy.")
 
 
 if __name__ == "__main__":

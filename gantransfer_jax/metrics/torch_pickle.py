@@ -521,6 +521,9 @@ def flatten_arrays(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
   """
   flat: dict[str, np.ndarray] = {}
   seen: set[int] = set()
+  # Temporaries built here must outlive the walk: a freed dict's id() can be reused by
+  # the next one, which `seen` would then wrongly skip.
+  alive: list[Any] = []
 
   def visit(value, path):
     if isinstance(value, np.ndarray):
@@ -530,7 +533,9 @@ def flatten_arrays(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
       return
     if isinstance(value, PickledObject):
       seen.add(id(value))
-      visit(_module_entries(value.state), path)
+      entries = _module_entries(_instance_state(value))
+      alive.append(entries)
+      visit(entries, path)
       visit(value.items, path)
     elif isinstance(value, dict):
       seen.add(id(value))
@@ -543,6 +548,19 @@ def flatten_arrays(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
 
   visit(obj, prefix)
   return flat
+
+
+# StyleGAN2-ADA network pickles wrap every network in `torch_utils.persistence`: the
+# pickle calls this function with meta = {'state': instance __dict__, ...}.
+_PERSISTENT_OBJECT = "torch_utils.persistence._reconstruct_persistent_obj"
+
+
+def _instance_state(obj: PickledObject) -> Any:
+  """The instance __dict__ of a pickled object, persistent StyleGAN2-ADA objects included."""
+  if (obj.state is None and obj.qualified_name == _PERSISTENT_OBJECT and obj.args
+      and isinstance(obj.args[0], dict)):
+    return obj.args[0].get("state")
+  return obj.state
 
 
 def _module_entries(state: Any) -> Any:

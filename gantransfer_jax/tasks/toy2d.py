@@ -5,7 +5,7 @@ r"""The 2D study of "When, Why, and Which Pretrained GANs Are Useful?" (paper 00
 Stages (NOTES §5 gives the recipe; the authors' playground code fills the gaps):
   1. Pretrain a GAN on Source-I (a wide ring around the target modes) and one on
      Source-II (3 of the 10 target modes), keeping the Source-I state after every
-     `dissection.checkpoint_every` G steps: the 100 starting points of the dissection.
+     `checkpoint_interval(config)` G steps: the 100 starting points of the dissection.
   2. Measure each checkpoint's starting point: recall (and precision) of its generator
      and the gradient-field similarity of its discriminator.
   3. Finetune on the target (10 Gaussians on a circle) from Source-I, Source-II and a
@@ -448,16 +448,28 @@ def reduce_w1(table: dict[int, np.ndarray], how: str) -> np.ndarray:
 # -------------------------------------------------------------------------- stages
 
 
+def checkpoint_interval(config: ml_collections.ConfigDict) -> int:
+  """G steps between dissection checkpoints: `dissection.checkpoint_every`, or when that
+  is 0, `pretrain_steps` spread evenly over `dissection.num_checkpoints`."""
+  dissection = config.dissection
+  every = dissection.checkpoint_every or config.pretrain_steps // dissection.num_checkpoints
+  if every <= 0 or every * dissection.num_checkpoints > config.pretrain_steps:
+    raise ValueError(
+        f"{dissection.num_checkpoints} checkpoints every {every} G steps do not fit in "
+        f"pretrain_steps={config.pretrain_steps}")
+  return every
+
+
 def pretrain(config: ml_collections.ConfigDict, spec: GanSpec, root: jax.Array,
              sources: dict[str, Distribution],
              snapshot_source: str) -> tuple[dict[str, Snapshot], list[Snapshot]]:
   """Pretrains one GAN per source, all vmapped together.
 
   Returns the final snapshot per source and the snapshots of `snapshot_source` after
-  every `dissection.checkpoint_every` G steps (the first `dissection.num_checkpoints`).
+  every `checkpoint_interval(config)` G steps (the first `dissection.num_checkpoints`).
   """
   names, datas = tuple(sources), tuple(sources.values())
-  every = config.dissection.checkpoint_every
+  every = checkpoint_interval(config)
   total = config.pretrain_steps
   states = jax.vmap(functools.partial(state_from_snapshot, spec=spec))(
       _stack([init_snapshot(stage_key(root, f"init/{name}"), spec) for name in names]))
@@ -538,7 +550,7 @@ def save_figure2(path: str, panels: Sequence[tuple[str, dict[str, np.ndarray]]],
 
 
 def save_figure3(path: str, recall: np.ndarray, gradsim: np.ndarray, w1: np.ndarray,
-                 gradsim_label: str) -> None:
+                 gradsim_label: str, w1_label: str = "finetuned $W_1$") -> None:
   """Paper Fig. 3: recall vs gradient similarity, each vs finetuned W1, coloured by W1."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -552,15 +564,15 @@ def save_figure3(path: str, recall: np.ndarray, gradsim: np.ndarray, w1: np.ndar
   axes[0].scatter(gradsim, recall, **style)
   axes[0].set(xlabel=gradsim_label, ylabel="recall of the starting G")
   axes[1].scatter(gradsim, w1, **style)
-  axes[1].set(xlabel=gradsim_label, ylabel="finetuned $W_1$",
+  axes[1].set(xlabel=gradsim_label, ylabel=w1_label,
               title=f"Pearson {metrics.pearson(gradsim, w1):+.2f}")
   axes[2].scatter(recall, w1, **style)
-  axes[2].set(xlabel="recall of the starting G", ylabel="finetuned $W_1$",
+  axes[2].set(xlabel="recall of the starting G", ylabel=w1_label,
               title=f"Pearson {metrics.pearson(recall, w1):+.2f}")
   for ax in axes[:3]:
     ax.grid(alpha=0.3)
   fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=axes[3],
-               label="finetuned $W_1$")
+               label=w1_label)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -595,7 +607,10 @@ def _samples_for_w1(root: jax.Array, label: str, step: int, g_params, g_stats, s
   return np.asarray(fakes), np.asarray(reals)
 
 
-def _save_samples(path: str, samples: dict[str, tuple[dict[int, np.ndarray], dict[int, np.ndarray]]],
+PointsByStep = dict[int, np.ndarray]
+
+
+def _save_samples(path: str, samples: dict[str, tuple[PointsByStep, PointsByStep]],
                   start: dict[str, np.ndarray]) -> None:
   """Keeps what W1 and the correlations are computed from, so they can be redone offline."""
   arrays = {f"{label}_{kind}_step{step}": points
@@ -609,9 +624,7 @@ def _save_samples(path: str, samples: dict[str, tuple[dict[int, np.ndarray], dic
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the whole study; writes toy2d.json and the two figures to `workdir`."""
   dissection = config.dissection
-  if dissection.num_checkpoints * dissection.checkpoint_every > config.pretrain_steps:
-    raise ValueError("dissection.num_checkpoints * dissection.checkpoint_every must not "
-                     "exceed pretrain_steps")
+  checkpoint_every = checkpoint_interval(config)
   reduce_w1({0: np.zeros(1)}, dissection.w1_reduce)  # Fail early on a bad value.
   os.makedirs(workdir, exist_ok=True)
   timings, study_start = {}, time.time()
@@ -721,7 +734,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   save_figure2(os.path.join(workdir, FIGURE2_NAME), panels, limit=1.6 * config.target.radius)
   save_figure3(os.path.join(workdir, FIGURE3_NAME), np.asarray(start["recall"]),
                np.asarray(start["gradsim_descent"]), w1_by_reduction[dissection.w1_reduce],
-               r"$\nabla D$ similarity (descent direction)")
+               r"$\nabla D$ similarity (descent direction)",
+               f"finetuned $W_1$ ({dissection.w1_reduce})")
   timings["total"] = time.time() - study_start
 
   result = {
@@ -735,7 +749,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "dissection_w1_reduce": dissection.w1_reduce,
       "paper": {f"pearson_{name}": value for name, value in PAPER_PEARSONS.items()},
       "dissection": {
-          "checkpoint_steps": [dissection.checkpoint_every * (i + 1)
+          "checkpoint_steps": [checkpoint_every * (i + 1)
                                for i in range(num_checkpoints)],
           "recall": _floats(start["recall"]),
           "precision": _floats(start["precision"]),

@@ -1,0 +1,62 @@
+"""The `evaluate` task: FID, KID and precision/recall of a saved generator."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+from absl import logging
+
+from gantransfer_jax import checkpoints
+from gantransfer_jax import evaluation
+from gantransfer_jax import parallel
+from gantransfer_jax.models import build_models
+
+
+def _run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The checkpoint's own config, pointed at the requested reference data."""
+  saved = checkpoints.restore_raw_config(config.checkpoint)
+  run = ml_collections.ConfigDict(saved.to_dict())
+  run.seed = config.seed
+  run.eval_num_images = config.num_samples
+  run.stylegan2.truncation_psi = config.truncation_psi
+  run.data.source = config.data
+  run.data.num_images = config.num_reference
+  return run
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  if not config.checkpoint:
+    raise ValueError("set --config.checkpoint=WORKDIR_OR_CHECKPOINT")
+  run_config = _run_config(config)
+  _, params = checkpoints.restore_params(config.checkpoint)
+  mesh = parallel.create_mesh()
+  generator, _ = build_models(run_config)
+  os.makedirs(workdir, exist_ok=True)
+  evaluator = evaluation.Evaluator(
+      run_config, generator, mesh, num_images=config.num_samples,
+      num_reference=config.num_reference or None, k=config.k,
+      cache_dir=os.path.join(workdir, "data_cache"))
+  params_on_mesh = jax.device_put(
+      (params["generator_ema"], params["generator_stats"]), parallel.replicated(mesh))
+  scores = evaluator(*params_on_mesh)
+  report = {
+      "checkpoint": os.path.abspath(config.checkpoint),
+      "data": config.data,
+      "fid": scores["eval/fid"],
+      "kid": scores["eval/kid"],
+      "kid_std": scores["eval/kid_std"],
+      "precision": scores["eval/precision"],
+      "recall": scores["eval/recall"],
+      "k": config.k,
+      "num_generated": config.num_samples,
+      "num_reference": int(len(evaluator.reference.features)),
+  }
+  path = os.path.join(workdir, "report.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  logging.info("Wrote %s", path)
+  print(json.dumps(report, indent=2))
+  return report

@@ -1,0 +1,62 @@
+r"""Converts an official StyleGAN2-ADA (PyTorch) checkpoint into a workdir of ours, torch-free.
+
+  python launch/convert_stylegan2_ada.py --src network-snapshot-025000.pkl --out workdirs/ffhq256
+  python -m gantransfer_jax.main --config=configs/finetune.py:transfergan \
+      --config.init_checkpoint=workdirs/ffhq256 --config.data.source=folder:/my/images
+
+--src: a network pickle (needs neither torch nor the authors' dnnlib/torch_utils) or a
+state dict ('G_ema.synthesis.b4.conv1.weight', ... or {'G': ..., 'D': ..., 'G_ema': ...}).
+The architecture is inferred from the tensors; the flags below only pin (and check) it.
+The model config starts from configs/ps_pretrain.py's defaults. See
+gantransfer_jax/convert/stylegan2_ada.py for the parameter mapping.
+"""
+
+import importlib.util
+import os
+
+from absl import app
+from absl import flags
+
+from gantransfer_jax.convert import stylegan2_ada
+from gantransfer_jax.models import stylegan2
+
+_SRC = flags.DEFINE_string("src", None, "Network pickle or state dict (.pkl/.pt/.pth).",
+                           required=True)
+_OUT = flags.DEFINE_string("out", None, "New workdir to write the checkpoint into.",
+                           required=True)
+_BASE_CONFIG = flags.DEFINE_string(
+    "base_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                                "configs", "ps_pretrain.py"),
+    "Config file whose defaults complete the model config.")
+_ARCHITECTURE_FLAGS = {
+    name: flags.DEFINE_integer(name, None, f"{name} (default: inferred from the tensors).")
+    for name in ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base",
+                 "channel_max")
+}
+
+
+def _load_config(path: str):
+  # Config files are not a package: load by path, as configs/finetune.py does.
+  spec = importlib.util.spec_from_file_location("base_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def main(argv):
+  del argv
+  overrides = {name: flag.value for name, flag in _ARCHITECTURE_FLAGS.items()}
+  config = stylegan2_ada.convert_file(_SRC.value, _OUT.value, _load_config(_BASE_CONFIG.value),
+                                      **overrides)
+  model = config.stylegan2
+  shapes = stylegan2_ada.expected_variables(config)
+  print(f"wrote {os.path.abspath(_OUT.value)}: {config.resolution}x{config.resolution}, "
+        f"z_dim {model.z_dim}, w_dim {model.w_dim}, {model.mapping_layers} mapping layers, "
+        f"channel_base {model.channel_base}, channel_max {model.channel_max}; "
+        f"G {stylegan2.count_params(shapes['G']['params']):,} and "
+        f"D {stylegan2.count_params(shapes['D']['params']):,} parameters.\n"
+        f"Finetune with --config.init_checkpoint={_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,116 @@
+"""load_image_folder: formats, modes, cropping, bad files and bad paths."""
+
+import hashlib
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gantransfer_jax.data import folder, load_image_folder
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def _stripes(width: int, height: int, horizontal: bool = True) -> np.ndarray:
+  """Three equal bands red | green | blue (along the longer side)."""
+  image = np.zeros((height, width, 3), np.uint8)
+  bands = np.array_split(np.arange(width if horizontal else height), 3)
+  for band, colour in zip(bands, (RED, GREEN, BLUE)):
+    if horizontal:
+      image[:, band] = colour
+    else:
+      image[band] = colour
+  return image
+
+
+def _digest(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+  """A folder of mixed formats and modes, one nested folder, a corrupt file and a note."""
+  rng = np.random.default_rng(0)
+  Image.fromarray(_stripes(60, 20)).save(tmp_path / "a_wide.png")
+  Image.fromarray(_stripes(20, 60, horizontal=False)).save(tmp_path / "b_tall.bmp")
+  Image.fromarray(np.full((30, 30), 77, np.uint8)).save(tmp_path / "c_grey.pgm")
+  rgba = np.zeros((24, 24, 4), np.uint8)
+  rgba[..., :3] = 10
+  rgba[:, 12:, 3] = 255  # Left half transparent, right half opaque dark.
+  Image.fromarray(rgba).save(tmp_path / "d_rgba.png")
+  Image.fromarray(np.full((20, 20), 65535, np.uint16)).save(tmp_path / "e_16bit.png")
+  Image.fromarray(np.full((20, 20), 32896, np.uint16)).save(tmp_path / "f_16bit.tif")
+  Image.fromarray(rng.integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / "g.JPG")
+  Image.fromarray(rng.integers(0, 255, (30, 30, 3), np.uint8)).convert("P").save(
+      tmp_path / "h_palette.png")
+  (tmp_path / "nested").mkdir()
+  Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "nested" / "i.webp")
+  (tmp_path / "z_corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+  (tmp_path / "notes.txt").write_text("not an image")
+  return tmp_path
+
+
+def test_loads_every_format_and_mode(image_folder):
+  digests = {p: _digest(p) for p in folder.list_image_files(str(image_folder))}
+  with pytest.warns(UserWarning, match=r"(?s)skipped 1 unreadable image file.*z_corrupt\.jpg"):
+    images = load_image_folder(str(image_folder), 8)
+  assert images.shape == (9, 8, 8, 3) and images.dtype == np.uint8
+  wide, tall, grey, rgba, white16, mid16, _, palette, nested = images
+  # Shorter side resized, centre cropped: only the middle (green) band remains
+  # (Lanczos rings by a few levels near the cut bands).
+  np.testing.assert_allclose(wide[:, 2:-2], np.broadcast_to(GREEN, (8, 4, 3)), atol=4)
+  np.testing.assert_allclose(tall[2:-2], np.broadcast_to(GREEN, (4, 8, 3)), atol=4)
+  np.testing.assert_array_equal(grey, 77)  # Greyscale replicated to 3 channels.
+  # Transparent pixels composited onto white, opaque ones kept.
+  np.testing.assert_allclose(rgba[:, :3], 255, atol=4)
+  np.testing.assert_allclose(rgba[:, -3:], 10, atol=4)
+  np.testing.assert_array_equal(white16, 255)  # 16 bit scaled to 8 bit.
+  np.testing.assert_array_equal(mid16, 128)
+  assert palette.std() > 0
+  np.testing.assert_array_equal(nested, 200)
+  # Nothing under the folder was modified.
+  assert digests == {p: _digest(p) for p in digests}
+
+
+def test_order_is_sorted_and_recursive_is_optional(image_folder):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    everything = load_image_folder(str(image_folder), 8)
+    top_level = load_image_folder(str(image_folder), 8, recursive=False)
+    again = load_image_folder(str(image_folder), 8)
+  assert len(top_level) == len(everything) - 1
+  np.testing.assert_array_equal(everything, again)
+  files = folder.list_image_files(str(image_folder))
+  assert files == sorted(files) and files[-1].endswith("z_corrupt.jpg")
+  assert not any(f.endswith(".txt") for f in files)
+
+
+def test_missing_empty_and_unreadable_paths_raise(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    load_image_folder(str(tmp_path / "missing"), 8)
+  with pytest.raises(ValueError, match="no image files"):
+    load_image_folder(str(tmp_path), 8)
+  (tmp_path / "notes.txt").write_text("x")
+  with pytest.raises(ValueError, match="not a folder"):
+    load_image_folder(str(tmp_path / "notes.txt"), 8)
+  (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+  with pytest.raises(ValueError, match="(?s)none of the 1 image files.*bad.png"):
+    load_image_folder(str(tmp_path), 8)
+  with pytest.raises(ValueError, match="resolution"):
+    load_image_folder(str(tmp_path), 0)
+
+
+def test_fit_image_takes_arrays():
+  np.testing.assert_array_equal(folder.fit_image(np.full((10, 20), 5, np.uint8), 4), 5)
+  np.testing.assert_array_equal(folder.fit_image(np.full((10, 20, 1), 5, np.uint8), 4), 5)
+  np.testing.assert_array_equal(folder.fit_image(np.full((8, 8), 65535, np.uint16), 4), 255)
+  out = folder.fit_image(_stripes(30, 10), 5)
+  assert out.shape == (5, 5, 3)
+  np.testing.assert_allclose(out[:, 1:-1], np.broadcast_to(GREEN, (5, 3, 3)), atol=4)
+  with pytest.raises(ValueError, match="uint8, uint16 or bool"):
+    folder.fit_image(np.zeros((4, 4), np.float32), 4)
+  with pytest.raises(ValueError, match="shape"):
+    folder.fit_image(np.zeros((4, 4, 2), np.uint8), 4)
