@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
 
-# Transparent pixels are composited onto white, how viewers show them.
+# Transparent pixels are composited onto white, as most viewers show them.
 _MATTE = (255, 255, 255)
 
 
@@ -39,7 +39,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     levels = np.asarray(image, dtype=np.float64)
     scale = 255.0 if levels.max(initial=0.0) <= 1.0 else 1.0
     image = Image.fromarray(np.clip(np.rint(levels * scale), 0, 255).astype(np.uint8))
-  if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+  if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
     rgba = image.convert("RGBA")
     matte = Image.new("RGBA", rgba.size, _MATTE + (255,))
     return Image.alpha_composite(matte, rgba).convert("RGB")

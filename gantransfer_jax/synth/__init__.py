@@ -4,8 +4,9 @@
     images = fn(jax.random.key(0), 16)  # float32 [16, 256, 256, 3] in [-1, 1]
 
 `SYNTHESIZERS` lists the valid names. `render` also returns the drawn shapes and
-which one is visible at each pixel; `reference_cv2` is the authors' per-image
-numpy + OpenCV algorithm, for benchmarks and statistical cross-checks.
+which one is visible at each pixel. `reference_cv2` generates the same way the
+authors do, one image at a time with numpy and OpenCV, for benchmarks and
+statistical cross-checks.
 """
 
 from gantransfer_jax.synth.shapes import SIZE_POLICIES, Shapes

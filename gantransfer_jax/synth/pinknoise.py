@@ -30,12 +30,12 @@ def frequencies(resolution: int) -> np.ndarray:
   """|fftfreq(S, d=0.2)| with the zero frequency replaced by a tenth of the first."""
   freq = np.abs(np.fft.fftfreq(resolution, d=_FREQ_SPACING))
   freq[0] = 0.1 * freq[1]
-  return freq.astype(np.float32)
+  return freq
 
 
 def spectral_weights(exponents: jax.Array, resolution: int) -> jax.Array:
   """w over the rfft2 half plane, float32 [..., S, S//2 + 1]; exponents [..., 2] = (a, b)."""
-  freq = jnp.asarray(frequencies(resolution))
+  freq = jnp.asarray(frequencies(resolution), jnp.float32)
   row_term = freq[:, None] ** exponents[..., 0, None, None]
   col_term = freq[: resolution // 2 + 1] ** exponents[..., 1, None, None]
   return 1.0 / (row_term + col_term + 2 * _EPS)

@@ -5,7 +5,7 @@ canvas and numpy FFT pink noise: the baseline of launch/benchmark_synth.py and
 an independent implementation for statistical cross-checks of the JAX one.
 Written from NOTES section 1, with the same deviations from the authors' code
 as gantransfer_jax.synth (coordinate ranges scale with S; line endpoints
-unsorted). Seeded with numpy's Generator; it does not reproduce JAX's draws.
+unsorted unless sort_line_endpoints). Seeded with numpy's Generator; it does not reproduce JAX's draws.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _SHAPE_NAMES = ("line", "circle", "circle", "ellipse", "ellipse", "rect", "rect"
 
 def pink_noise(rng: np.random.Generator, resolution: int) -> np.ndarray:
   """PinkNoise image, uint8 [S, S, 3]: per channel FFT shaping, joint min-max."""
-  freq = pinknoise.frequencies(resolution).astype(np.float64)
+  freq = pinknoise.frequencies(resolution)
   channels = []
   for _ in range(3):
     a, b = rng.uniform(*pinknoise.EXPONENT_RANGE, size=2)
