@@ -221,6 +221,32 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
                  out_shardings=(replicated, replicated))
 
 
+class Setup(NamedTuple):
+  """Everything a training run (or a benchmark of one) is made of, ready on the mesh."""
+  generator: Any
+  discriminator: Any
+  g_tx: optax.GradientTransformation
+  d_tx: optax.GradientTransformation
+  frozen: FrozenPrefixes
+  state: TrainState        # Fresh (random init), replicated over the mesh.
+  data: Any                # The sampler's data pytree, replicated over the mesh.
+  train_step: Callable     # step(state, data, do_r1, do_pl) -> (state, metrics)
+
+
+def build(config: ml_collections.ConfigDict, mesh, data_cache_dir: str | None = None) -> Setup:
+  """Models, optimizers, data and the jitted step for a validated config."""
+  generator, discriminator = build_models(config)
+  g_tx, d_tx = make_optimizers(config)
+  frozen = frozen_prefixes(config)
+  sampler = sampler_lib.make_sampler(config, cache_dir=data_cache_dir)
+  return Setup(
+      generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, frozen=frozen,
+      state=create_train_state(config, generator, discriminator, g_tx, d_tx, mesh, frozen),
+      data=jax.device_put(sampler.data, parallel.replicated(mesh)),
+      train_step=make_train_step(config, generator, discriminator, sampler.sample, g_tx,
+                                 d_tx, mesh, frozen))
+
+
 def regularizer_schedule(step: int, config: ml_collections.ConfigDict) -> dict[str, bool]:
   """Which lazy regularisers run at (0-based) step."""
   return {
@@ -382,12 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   logging.info("Training on %d device(s) (%s), global batch %d.", mesh.size,
                jax.devices()[0].platform, config.batch_size)
 
-  generator, discriminator = build_models(config)
-  g_tx, d_tx = make_optimizers(config)
-  frozen = frozen_prefixes(config)
-  sampler = sampler_lib.make_sampler(config, cache_dir=os.path.join(workdir, "data_cache"))
-  data = jax.device_put(sampler.data, parallel.replicated(mesh))
-  state = create_train_state(config, generator, discriminator, g_tx, d_tx, mesh, frozen)
+  setup = build(config, mesh, data_cache_dir=os.path.join(workdir, "data_cache"))
+  state = setup.state
 
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   restored = checkpointer.restore_latest(state)
@@ -395,15 +417,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = restored
     logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
   elif config.get("init_checkpoint"):
-    state = load_init_params(state, config.init_checkpoint, frozen, g_tx, d_tx, mesh)
+    state = load_init_params(state, config.init_checkpoint, setup.frozen, setup.g_tx,
+                             setup.d_tx, mesh)
     logging.info("Initialised from %s.", config.init_checkpoint)
   _write_config(workdir, config)
 
-  train_step = make_train_step(config, generator, discriminator, sampler.sample, g_tx, d_tx,
-                               mesh, frozen)
-  sample = make_sample_fn(config, generator, mesh)
+  sample = make_sample_fn(config, setup.generator, mesh)
   writer = writers.create_writer(workdir)
-  evaluate = _make_periodic_evaluation(config, generator, mesh, workdir, writer)
+  evaluate = _make_periodic_evaluation(config, setup.generator, mesh, workdir, writer)
   step = int(state.step)
   start_step = step
   history: list[dict[str, jax.Array]] = []
@@ -411,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   with _StopSignal() as stop:
     while step < config.total_steps and not stop.requested:
-      state, metrics = train_step(state, data, **regularizer_schedule(step, config))
+      state, metrics = setup.train_step(state, setup.data, **regularizer_schedule(step, config))
       step += 1
       history.append(metrics)
 

@@ -21,8 +21,6 @@ import jax
 
 from gantransfer_jax import parallel
 from gantransfer_jax import train
-from gantransfer_jax.data import sampler as sampler_lib
-from gantransfer_jax.models import build_models
 
 _PRESETS = flags.DEFINE_list("presets", ["quick", "paper"], "ps_pretrain presets ('paper' = default).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
@@ -56,14 +54,8 @@ def benchmark(preset: str) -> dict:
     except (ValueError, SyntaxError):
       pass  # A bare string.
     config.update_from_flattened_dict({key: value})
-  mesh = parallel.create_mesh()
-  generator, discriminator = build_models(config)
-  g_tx, d_tx = train.make_optimizers(config)
-  state = train.create_train_state(config, generator, discriminator, g_tx, d_tx, mesh)
-  sampler = sampler_lib.make_sampler(config)
-  data = jax.device_put(sampler.data, parallel.replicated(mesh))
-  step_fn = train.make_train_step(config, generator, discriminator,
-                                  sampler.sample, g_tx, d_tx, mesh)
+  setup = train.build(config, parallel.create_mesh())
+  state, data, step_fn = setup.state, setup.data, setup.train_step
   compile_start = time.perf_counter()
   for step in range(_WARMUP.value):
     state, metrics = step_fn(state, data, **train.regularizer_schedule(step, config))

@@ -1,7 +1,6 @@
 """load_image_folder: formats, modes, cropping, bad files and bad paths."""
 
 import hashlib
-import os
 import warnings
 
 import numpy as np

@@ -13,7 +13,6 @@ from gantransfer_jax import checkpoints
 from gantransfer_jax import freezing
 from gantransfer_jax import parallel
 from gantransfer_jax import train
-from gantransfer_jax.models import build_models
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +64,10 @@ def test_init_checkpoint_really_loads_the_weights(pretrained, target_npz):
   config = checkpoints.inherit_model_config(
       finetune_config("transfergan", pretrained, target_npz), str(pretrained))
   mesh = parallel.create_mesh(jax.devices()[:1])
-  generator, discriminator = build_models(config)
-  g_tx, d_tx = train.make_optimizers(config)
-  frozen = train.frozen_prefixes(config)
-  fresh = train.create_train_state(config, generator, discriminator, g_tx, d_tx, mesh, frozen)
-  loaded = train.load_init_params(fresh, str(pretrained), frozen, g_tx, d_tx, mesh)
+  setup = train.build(config, mesh)
+  generator, fresh = setup.generator, setup.state
+  loaded = train.load_init_params(fresh, str(pretrained), setup.frozen, setup.g_tx,
+                                  setup.d_tx, mesh)
 
   _, params = checkpoints.restore_params(str(pretrained))
   z = jax.random.normal(jax.random.key(1), (4, generator.z_dim))

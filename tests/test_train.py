@@ -17,7 +17,6 @@ from gantransfer_jax import parallel
 from gantransfer_jax import train
 from gantransfer_jax import validation
 from gantransfer_jax import writers
-from gantransfer_jax.data import sampler as sampler_lib
 from gantransfer_jax.models import build_models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,17 +36,11 @@ def tiny_config_without_path_length(**overrides):
 
 
 def run_steps(config, devices, num_steps):
-  mesh = parallel.create_mesh(devices)
-  generator, discriminator = build_models(config)
-  g_tx, d_tx = train.make_optimizers(config)
-  state = train.create_train_state(config, generator, discriminator, g_tx, d_tx, mesh)
-  sampler = sampler_lib.make_sampler(config)
-  data = jax.device_put(sampler.data, parallel.replicated(mesh))
-  step_fn = train.make_train_step(config, generator, discriminator,
-                                  sampler.sample, g_tx, d_tx, mesh)
-  history = []
+  setup = train.build(config, parallel.create_mesh(devices))
+  state, history = setup.state, []
   for step in range(num_steps):
-    state, metrics = step_fn(state, data, **train.regularizer_schedule(step, config))
+    state, metrics = setup.train_step(state, setup.data,
+                                      **train.regularizer_schedule(step, config))
     history.append(metrics)
   return jax.device_get(state), jax.device_get(history)
 

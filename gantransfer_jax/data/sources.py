@@ -50,7 +50,6 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from gantransfer_jax.data import folder
 
@@ -206,24 +205,13 @@ def _decode_orl_faces(resolution: int, *, num_images: int | None,
   return np.stack([folder.load_image(file, resolution) for file in files])
 
 
-def _fit_array(image: np.ndarray, resolution: int) -> np.ndarray:
-  """One [H, W(, C)] image array through the folder pipeline: same colour handling
-  (greyscale, alpha, 16-bit) and the same resampling as image files."""
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  # TODO: call a public folder entry point for in-memory images once it has one.
-  # pylint: disable-next=protected-access
-  squared = folder._square(folder._to_rgb(Image.fromarray(image)), resolution)
-  return np.asarray(squared, dtype=np.uint8)
-
-
 def _fit_images(images: np.ndarray, resolution: int) -> np.ndarray:
   """Resizes + crops [N, H, W(, C)] images unless they already are [N, R, R, 3]."""
   if images.shape[1:] == (resolution, resolution, 3):
     return images
   fitted = np.empty((len(images), resolution, resolution, 3), np.uint8)
   for i, image in enumerate(images):
-    fitted[i] = _fit_array(image, resolution)
+    fitted[i] = folder.fit_image(image, resolution)
   return fitted
 
 
@@ -305,7 +293,7 @@ def _decode_tfds(name: str, split: str, resolution: int, *, num_images: int | No
   dataset = dataset.enumerate().filter(is_kept).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   images = np.empty((len(indices), resolution, resolution, 3), np.uint8)
   for i, image in enumerate(tfds.as_numpy(dataset)):
-    images[i] = _fit_array(image, resolution)
+    images[i] = folder.fit_image(image, resolution)
   return images
 
 

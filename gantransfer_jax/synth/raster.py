@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gantransfer_jax.synth.shapes import CIRCLE, ELLIPSE, LINE, RECT, Shapes
+from gantransfer_jax.synth.shapes import CIRCLE, ELLIPSE, LINE, Shapes
 
 BACKGROUND = -1  # Canvas value of pixels no shape covers.
 
@@ -157,7 +157,7 @@ def row_spans(shape: Shapes, resolution: int) -> tuple[jax.Array, jax.Array]:
   """
   f32 = jnp.float32
   rows = jnp.arange(resolution, dtype=f32)
-  x, y = shape.x.astype(f32), shape.y.astype(f32)
+  y = shape.y.astype(f32)
   dy = rows - y
   kind = shape.kind
   widen = jnp.where(kind == ELLIPSE, _ELLIPSE_WIDENING, 0.0)
