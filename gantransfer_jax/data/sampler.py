@@ -74,6 +74,7 @@ def make_sampler(config: ml_collections.ConfigDict, cache_dir: str | None = None
 
   from gantransfer_jax.data import sources  # pylint: disable=g-import-not-at-top
   images = sources.load_dataset(config.data, config.resolution, cache_dir=cache_dir)
+  sources.check_dataset_size(len(images), config.batch_size)
   hflip = bool(config.data.get("hflip", False))
 
   def sample(data, key, batch):
