@@ -98,8 +98,6 @@ REQUIRED_NETWORKS = ("G_ema", "D")
 # tensors fit several: any fitting value gives the same shapes, these also match the
 # official config.
 _OFFICIAL_CHANNEL_BASES = (32768, 16384)
-# How `torch_utils.persistence` pickles a module: a call of this function on
-# meta = {'type': 'class', ..., 'state': the instance __dict__}.
 _DROPPED_SUFFIX = ".resample_filter"
 _MAX_LISTED = 20
 
