@@ -174,3 +174,39 @@ def test_real_inception_smoke(candidates, target, tmp_path):
   for row in rows:
     assert row["fid"] > 0 and 0 <= row["recall"] <= 1 and 0 <= row["precision"] <= 1
   assert report["ranking"] == _expected_ranking(rows)
+
+
+# ---- A trained checkpoint beats an untrained one --------------------------------------------
+
+
+def _train_on(target_path, workdir, steps):
+  """The real training loop on the npz target (tiny model, no augmentation)."""
+  from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = _load_config("ps_pretrain", "tiny")
+  config.update(total_steps=steps, log_every=steps, sample_every=steps, checkpoint_every=steps,
+                augment="")
+  config.loss.pl_weight = 0.0
+  config.data.update(dict(source=f"npz:{target_path}", num_images=0, subset_seed=0,
+                          hflip=False, image_key="image"))
+  train.train_and_evaluate(config, str(workdir))
+  return str(workdir)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_trained_on_the_target_is_recommended_over_an_untrained_one(tmp_path):
+  # A one-colour target (with a little noise): easy to learn in a few dozen steps.
+  rng = np.random.default_rng(0)
+  red = np.array([200, 40, 40], np.float64)
+  images = np.clip(red + rng.normal(0, 8, (_NUM_TARGET, 16, 16, 3)), 0, 255).astype(np.uint8)
+  target_path = tmp_path / "red.npz"
+  np.savez(target_path, images=images)
+
+  untrained = _train_on(target_path, tmp_path / "untrained", steps=1)
+  trained = _train_on(target_path, tmp_path / "trained", steps=60)
+  report = select.run(_select_config([untrained, trained], str(target_path)),
+                      str(tmp_path / "select"), feature_fn=_pooled_pixels)
+
+  rows = {os.path.basename(row["candidate"]): row for row in report["candidates"]}
+  assert rows["trained"]["fid"] < rows["untrained"]["fid"]
+  assert report["recommended"] == os.path.abspath(trained)
