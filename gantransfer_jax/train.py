@@ -178,14 +178,18 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
   def d_loss_fn(d_trainable, d_frozen, reals, fakes, key, do_r1):
     d_params = freezing.merge(d_trainable, d_frozen)
     k_real, k_fake = jax.random.split(key)
-    real_logits = discriminate(d_params, reals, k_real)
+    discriminate_reals = functools.partial(discriminate, d_params, key=k_real)
+    if do_r1:
+      # One forward pass on the reals serves both the loss and R1 (taken through
+      # DiffAugment, as its authors do): the official "Dreal_Dr1" phase.
+      r1, real_logits = losses.r1_penalty(discriminate_reals, reals, return_logits=True)
+    else:
+      real_logits = discriminate_reals(reals)
     fake_logits = discriminate(d_params, fakes, k_fake)
     loss = losses.d_logistic_loss(real_logits, fake_logits)
     metrics = {"loss/d": loss, "scores/real": real_logits.mean(),
                "scores/fake": fake_logits.mean()}
     if do_r1:
-      # Same augmentation key as the main real pass: R1 is taken through DiffAugment.
-      r1 = losses.r1_penalty(lambda x: discriminate(d_params, x, k_real), reals)
       loss = loss + r1 * (loss_cfg.r1_gamma / 2) * loss_cfg.r1_interval
       metrics["loss/r1"] = r1
     return loss, metrics
