@@ -1,17 +1,36 @@
-r"""Finetuning on a small real image set (papers 001, 004; NOTES §2, §6).
+r"""Finetuning on a small real image set (papers 001-004; NOTES §2-§6).
 
 Presets: `--config=configs/finetune.py:METHOD[,quick]`
-  scratch      random initialisation (+ DiffAugment): the papers' baseline.
-  transfergan  start from `init_checkpoint`, finetune everything (TransferGAN).
-  freezed      start from `init_checkpoint`, freeze the `freeze_d` highest-resolution
-               discriminator blocks (FreezeD).
-  ,quick       CPU-sized: a 32 x 32 model (the ps_pretrain quick one) and short runs.
 
-The model (kind, resolution, widths) comes from the config saved with
-`init_checkpoint`; setting any of those fields on the command line must agree with it.
+  StyleGAN2 (papers 001, 004), from a `ps_pretrain.py` checkpoint:
+    scratch      random initialisation (+ DiffAugment): the papers' baseline.
+    transfergan  start from `init_checkpoint`, finetune everything (TransferGAN).
+    freezed      start from `init_checkpoint`, freeze the `freeze_d` highest-resolution
+                 discriminator blocks (FreezeD).
+  AdaFM's ablation (paper 002, its Table 1), from a `ps_pretrain.py:resnet` checkpoint
+  (or one converted from the authors' ImageNet model). All freeze the GmDn general
+  part: G's `adafm.general_g` groups nearest the image, D's `adafm.general_d`:
+    adafm        SmallHead + frozen general part adapted by AdaFM (trained after
+                 `adafm.warmup_steps`).
+    fs           the same with Filter Selection (rank-one AdaFM).
+    smallhead    SmallHead + frozen general part, no modulation.
+    gphead       the pretrained G's own head + frozen general part, no modulation.
+  DIP (paper 003): an SNGAN conditioned on priors C(x) of a frozen network (`dip.prior`):
+    dip          from scratch with data instance priors.
+    dip_diffaug  DIP + DiffAugment.
+    dip_freezed  DIP + FreezeD from a `ps_pretrain.py:sngan` checkpoint (its condition
+                 embeddings start fresh).
+  The conditional CIFAR track (paper 001):
+    cifar        finetune a `ps_pretrain.py:cifar` checkpoint on a labelled set
+                 (tfds:cifar10 with a 10% subset by default; `data.fraction` 0.1/0.2/1.0).
+  ,quick         CPU-sized: 32 x 32 models and short runs.
 
-  python -m gantransfer_jax.main --config=configs/finetune.py:transfergan \
-      --config.init_checkpoint=workdirs/ps_pretrain --config.data.source=folder:/my/images
+Paper hyperparameters by default. The model (kind, resolution, widths) of a transfer
+comes from the config saved with `init_checkpoint`; setting any of those fields on the
+command line must agree with it.
+
+  python -m gantransfer_jax.main --config=configs/finetune.py:adafm \
+      --config.init_checkpoint=workdirs/resnet_pretrain --config.data.source=folder:/my/images
 """
 
 import importlib.util
@@ -20,16 +39,70 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-METHODS = ("scratch", "transfergan", "freezed")
+STYLEGAN2_METHODS = ("scratch", "transfergan", "freezed")
+ADAFM_METHODS = ("adafm", "fs", "smallhead", "gphead")
+DIP_METHODS = ("dip", "dip_diffaug", "dip_freezed")
+METHODS = STYLEGAN2_METHODS + ADAFM_METHODS + DIP_METHODS + ("cifar",)
+# Methods that start from `init_checkpoint` (validation requires it).
+TRANSFER_METHODS = ("transfergan", "freezed", "dip_freezed", "cifar") + ADAFM_METHODS
 
 
-def _pretrain_config(preset: str) -> ml_collections.ConfigDict:
+def _pretrain_module():
   # Config files are loaded by path, not as a package: import the sibling by path too.
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ps_pretrain.py")
   spec = importlib.util.spec_from_file_location("ps_pretrain_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return module
+
+
+def _base_model(method: str) -> str:
+  if method in ADAFM_METHODS:
+    return "resnet"
+  if method in DIP_METHODS:
+    return "sngan"
+  return "cifar" if method == "cifar" else ""
+
+
+def _inherit_model_fields(config: ml_collections.ConfigDict, section: str) -> None:
+  """Model fields become placeholders, filled from the checkpoint's saved config."""
+  config.model = config_dict.placeholder(str)
+  config.resolution = config_dict.placeholder(int)
+  for key, value in config[section].items():
+    config[section][key] = config_dict.placeholder(type(value))
+
+
+def _adafm(config: ml_collections.ConfigDict, method: str, quick: bool) -> None:
+  """AdaFM's recipe (NOTES §3): Adam 1e-4 (0, 0.99), batch 16, R1 10, EMA 0.999, 60k its."""
+  _inherit_model_fields(config, "resnet")
+  config.model = "resnet" if method == "gphead" else "adafm"
+  config.adafm = ml_collections.ConfigDict(dict(
+      kind={"adafm": "adafm", "fs": "fs"}.get(method, "none"),
+      general_g=2 if quick else 4,   # G4D2 at 128 (6 groups); G2D2 at 32 (4 groups).
+      general_d=2,
+      warmup_steps=100 if quick else 10_000,
+      head_features=64 if quick else 512,
+      style_dim=64 if quick else 256,
+      mapping_layers=8,
+  ))
+  config.total_steps = 60_000
+  config.loss.r1_interval = 1  # The authors' R1 every step.
+  config.augment = ""  # AdaFM trains without DiffAugment.
+
+
+def _dip(config: ml_collections.ConfigDict, method: str) -> None:
+  """DIP's few-shot recipe (NOTES §4): SNGAN 128, batch 25, 4 D steps, lr 2e-4, 30k steps."""
+  config.dip = ml_collections.ConfigDict(dict(
+      # Deviation: the paper's priors are VGG16 / SimCLR features, which have no offline
+      # weights here; torchvision's ImageNet MobileNetV2 (NOTES §8) takes their place.
+      prior="mobilenet_v2",
+  ))
+  config.total_steps = 30_000
+  config.augment = "color,translation,cutout" if method == "dip_diffaug" else ""
+  if method == "dip_freezed":
+    _inherit_model_fields(config, "sngan")
+    config.freeze_d = 2
+    config.augment = ""
 
 
 def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
@@ -38,16 +111,19 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {preset!r}; valid: METHOD[,quick] with METHOD one of "
                      f"{', '.join(METHODS)}")
   quick = "quick" in modifiers
-  config = _pretrain_config("quick" if quick else "")
+  pretrain_preset = ",".join(p for p in (_base_model(method), "quick" if quick else "") if p)
+  config = _pretrain_module().get_config(pretrain_preset)
   config.task = "finetune"
   config.method = method
 
   config.data = ml_collections.ConfigDict(dict(
       source="orl_faces",  # folder:PATH | tfds:NAME[:SPLIT] | npz:PATH | orl_faces
       num_images=100,      # n-shot subset (0 = all), fixed by subset_seed.
+      fraction=1.0,        # Or a stratified per-class fraction (labelled sets only).
       subset_seed=0,
       hflip=False,
       image_key="image",
+      label_key="label",
       # Synthesizer options stay so a finetune may also target synthetic data.
       n_shapes=config.data.n_shapes,
       size_policy=config.data.size_policy,
@@ -58,16 +134,21 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   config.freeze_d = 0
   config.init_checkpoint = config_dict.placeholder(str)
 
-  if method != "scratch":
-    # Filled from the checkpoint's saved config unless set on the command line.
-    config.model = config_dict.placeholder(str)
-    config.resolution = config_dict.placeholder(int)
-    for key, value in config.stylegan2.items():
-      config.stylegan2[key] = config_dict.placeholder(type(value))
+  if method in ("transfergan", "freezed"):
+    _inherit_model_fields(config, "stylegan2")
   if method == "freezed":
     # Freeze the high-resolution blocks, train the last few low-resolution blocks and
     # the epilogue (NOTES §6): 4 of the 7 blocks at 256, 2 of the 4 at 32.
     config.freeze_d = 2 if quick else 4
+  if method in ADAFM_METHODS:
+    _adafm(config, method, quick)
+  if method in DIP_METHODS:
+    _dip(config, method)
+  if method == "cifar":
+    _inherit_model_fields(config, "sngan")
+    config.num_classes = config_dict.placeholder(int)
+    config.data.update(source="tfds:cifar10", num_images=0, fraction=0.1)
+    config.augment = "translation,cutout"
 
   if quick:
     config.total_steps = 1_000

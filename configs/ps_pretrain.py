@@ -1,7 +1,15 @@
-r"""Primitives-PS pretraining of StyleGAN2 (paper 001; NOTES §2).
+r"""Primitives-PS pretraining (paper 001; NOTES §2) of any model family.
 
-Presets (the string after ':' in `--config=configs/ps_pretrain.py:PRESET`):
-  (default)  the paper's recipe: 256 x 256, batch 16, 300 kimg. Meant for a GPU/TPU.
+Presets (the string after ':' in `--config=configs/ps_pretrain.py:PRESET`), a model
+and/or a size, comma-separated (`resnet,quick`):
+  (default)  StyleGAN2, the paper's recipe: 256 x 256, batch 16, 300 kimg (GPU/TPU).
+  resnet     GAN_stability's ResNet GAN (the source model AdaFM transfers; NOTES §3):
+             128 x 128, nf 64, z 256, non-saturating loss + R1 10, Adam 1e-4 (0, 0.99).
+  sngan      the unconditional SNGAN that DIP's few-shot runs use (NOTES §4): 128 x 128,
+             hinge loss, batch 25, 4 D steps, lr 2e-4, z 120; a source for `dip_freezed`.
+  cifar      the conditional CIFAR track: BigGAN-CIFAR-style SNGAN at 32 x 32, 10 classes
+             assigned at random to the synthetic images, hinge loss, batch 50, 4 D steps,
+             lr 2e-4, ch 64, z 128, EMA from step 1000 (NOTES §2, CIFAR variant).
   quick      a 32 x 32 model that trains end to end on 2 CPU cores in minutes and
              visibly learns the synthetic distribution; what the README's first command runs.
   tiny       a few steps of a 16 x 16 model, for tests and smoke runs.
@@ -12,7 +20,46 @@ Every field can be overridden on the command line, e.g. `--config.total_steps=20
 import ml_collections
 
 
+MODEL_PRESETS = ("resnet", "sngan", "cifar")
+SIZE_PRESETS = ("quick", "tiny")
+
+
+def resnet_model(config: ml_collections.ConfigDict) -> None:
+  """Switches `config` to GAN_stability's ResNet GAN with its authors' training recipe."""
+  config.model = "resnet"
+  config.resolution = 128
+  config.resnet = ml_collections.ConfigDict(dict(z_dim=256, nf=64))
+  config.optim.update(g_lr=1e-4, d_lr=1e-4)
+  config.loss.update(pl_weight=0.0, style_mixing_prob=0.0)
+  # The authors' G EMA of 0.999 per step: 0.5 ** (16 / (ema_kimg * 1000)) = 0.999.
+  config.ema_kimg = 11.08
+
+
+def sngan_model(config: ml_collections.ConfigDict) -> None:
+  """Switches `config` to the SNGAN/BigGAN ResNet with conditional BN and projection D,
+  trained as DIP's few-shot runs (NOTES §4): 128 x 128, hinge loss, batch 25, 4 D steps,
+  Adam 2e-4, z 120 (BigGAN's betas (0, 0.999))."""
+  config.model = "sngan"
+  config.resolution = 128
+  config.batch_size = 25
+  config.sngan = ml_collections.ConfigDict(dict(
+      z_dim=120, embedding_dim=128, g_width=64, d_width=64, hierarchical_z=True,
+      g_multipliers=(), d_multipliers=()))  # () = sngan.py's defaults for the resolution.
+  config.optim.update(g_lr=2e-4, d_lr=2e-4, b1=0.0, b2=0.999)
+  config.loss.update(kind="hinge", d_steps=4, r1_gamma=0.0, pl_weight=0.0,
+                     style_mixing_prob=0.0)
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  tokens = [token for token in preset.split(",") if token]
+  models = [t for t in tokens if t in MODEL_PRESETS]
+  sizes = [t for t in tokens if t in SIZE_PRESETS]
+  if len(models) > 1 or len(sizes) > 1 or len(models) + len(sizes) != len(tokens):
+    raise ValueError(f"unknown preset {preset!r}; valid: [MODEL][,SIZE] with MODEL one of "
+                     f"{', '.join(MODEL_PRESETS)} and SIZE one of {', '.join(SIZE_PRESETS)}")
+  model = models[0] if models else "stylegan2"
+  size = sizes[0] if sizes else ""
+
   config = ml_collections.ConfigDict()
   config.task = "pretrain"
   config.seed = 0
@@ -46,7 +93,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       g_lr=0.002, d_lr=0.002, b1=0.0, b2=0.99, eps=1e-8))
 
   config.loss = ml_collections.ConfigDict(dict(
-      kind="nonsaturating",
+      kind="nonsaturating",   # | hinge | wasserstein
+      d_steps=1,              # D updates per G update.
       r1_gamma=10.0,
       r1_interval=1,          # R1 every step while pretraining (authors' code); 16 when finetuning.
       pl_weight=2.0,
@@ -57,12 +105,29 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   ))
 
   config.ema_kimg = 10.0      # G EMA half-life in thousands of images.
+  config.ema_start_step = 0   # Before this step G_ema just copies G (BigGAN's ema_start).
   config.augment = "color,translation,cutout"  # DiffAugment policy ('' disables).
 
   # Multi-host: set to True on a pod slice / several hosts (calls jax.distributed.initialize()).
   config.distributed = False
 
-  if preset == "quick":
+  if model == "resnet":
+    resnet_model(config)
+  elif model == "sngan":
+    sngan_model(config)
+  elif model == "cifar":
+    sngan_model(config)
+    config.resolution = 32
+    config.num_classes = 10
+    config.batch_size = 50
+    config.sngan.update(z_dim=128, hierarchical_z=False)
+    config.augment = "translation,cutout"
+    # BigGAN-CIFAR's EMA decay 0.9999 per step at batch 50; it starts at step 1000.
+    config.ema_kimg = 346.6
+    config.ema_start_step = 1_000
+    config.total_steps = 300_000 // 50
+
+  if size == "quick":
     # Sized for a 2-core CPU (XLA's CPU convolutions are slow): narrow layers, and R1 /
     # path length on lazy intervals as in the StyleGAN2 default config, not every step.
     config.resolution = 32
@@ -76,7 +141,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.loss.r1_interval = 4
     config.loss.pl_interval = 8
     config.ema_kimg = 0.5
-  elif preset == "tiny":
+    config.ema_start_step = min(config.ema_start_step, 100)
+    if model == "resnet":
+      config.resnet.update(z_dim=64, nf=8)
+    if model in ("sngan", "cifar"):
+      config.sngan.update(z_dim=40, embedding_dim=32, g_width=8, d_width=8)
+  elif size == "tiny":
     config.resolution = 16
     config.batch_size = 8
     config.total_steps = 6
@@ -88,6 +158,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.data.n_shapes = 10
     config.loss.pl_interval = 2
     config.ema_kimg = 0.1
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; valid: '', 'quick', 'tiny'")
+    config.ema_start_step = min(config.ema_start_step, 2)
+    if model == "resnet":
+      config.resnet.update(z_dim=16, nf=4)
+    if model in ("sngan", "cifar"):
+      config.sngan.update(z_dim=18, embedding_dim=8, g_width=4, d_width=4,
+                          g_multipliers=(2, 2, 1), d_multipliers=(1, 2, 2))
   return config

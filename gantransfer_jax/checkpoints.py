@@ -100,20 +100,31 @@ def restore_raw(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any], i
 
 
 def restore_params(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """(config, {'generator', 'generator_ema', 'discriminator', 'generator_stats'}) of a checkpoint."""
+  """(config, {'generator', 'generator_ema', 'generator_state', 'discriminator',
+  'discriminator_state'}) of a checkpoint; the states are the networks' non-parameter
+  collections (`gantransfer_jax.models.gan`)."""
   config, state, _ = restore_raw(path)
+  if "g_stats" in state:  # Written before model families had states: StyleGAN2 only.
+    g_state, d_state = {"stats": state["g_stats"]}, {}
+  else:
+    g_state, d_state = state["g_state"], state["d_state"]
   return config, {
       "generator": state["g_params"],
       "generator_ema": state["g_ema_params"],
-      "generator_stats": state["g_stats"],
+      "generator_state": g_state,
       "discriminator": state["d_params"],
+      "discriminator_state": d_state,
   }
 
 
 # Fields that fix parameter shapes: a finetune must match the checkpoint on these.
-_ARCHITECTURE_FIELDS = ("model", "resolution")
-_MODEL_SECTIONS = ("stylegan2",)
-_FREE_MODEL_FIELDS = ("truncation_psi", "mbstd_group_size")  # Change no parameter shape.
+_ARCHITECTURE_FIELDS = ("model", "resolution", "num_classes")
+_MODEL_SECTIONS = ("stylegan2", "resnet", "sngan")
+# (finetuned model, source model) pairs that differ by design: AdaFM builds its
+# generator around a pretrained ResNet GAN's general part.
+_COMPATIBLE_MODELS = {("adafm", "resnet")}
+# Change no transferred parameter shape (new class embeddings start fresh: models.gan).
+_FREE_MODEL_FIELDS = ("truncation_psi", "mbstd_group_size", "num_classes")
 
 
 def inherit_model_config(config: ml_collections.ConfigDict,
@@ -129,19 +140,22 @@ def inherit_model_config(config: ml_collections.ConfigDict,
 
   def reconcile(section, key, saved_value, qualified):
     value = section.get(key)
+    if key == "model" and (value, saved_value) in _COMPATIBLE_MODELS:
+      return
     if value is None:
       section[key] = saved_value
     elif value != saved_value and key not in _FREE_MODEL_FIELDS:
       problems.append(f"{qualified}: config has {value!r}, checkpoint has {saved_value!r}")
 
   for key in _ARCHITECTURE_FIELDS:
-    reconcile(config, key, saved[key], key)
-  for name in _MODEL_SECTIONS:
-    if name in saved:
-      if config.get(name) is None:
-        config[name] = ml_collections.ConfigDict()
-      for key, saved_value in saved[name].items():
-        reconcile(config[name], key, saved_value, f"{name}.{key}")
+    if key in saved:
+      reconcile(config, key, saved[key], key)
+  name = saved.get("model")  # Only the source family's section fixes shapes.
+  if name in _MODEL_SECTIONS and name in saved:
+    if config.get(name) is None:
+      config[name] = ml_collections.ConfigDict()
+    for key, saved_value in saved[name].items():
+      reconcile(config[name], key, saved_value, f"{name}.{key}")
   if problems:
     raise ValueError(f"init_checkpoint {path} does not match the requested model:\n  - "
                      + "\n  - ".join(problems))
@@ -151,3 +165,19 @@ def inherit_model_config(config: ml_collections.ConfigDict,
 def restore_raw_config(path: str) -> ml_collections.ConfigDict:
   """The config saved with a checkpoint, without reading its arrays."""
   return _restore(path, with_state=False)[0]
+
+
+def save_new_workdir(workdir: str, state: Any, config: ml_collections.ConfigDict) -> str:
+  """Writes `state` and `config` as the only checkpoint of a new workdir; returns its folder.
+
+  For converters: the step is `state['step']`. A workdir that already holds checkpoints
+  is refused, so a conversion never mixes with (or is resumed over) a real run.
+  """
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise FileExistsError(f"{directory} already holds checkpoints; convert into a new workdir")
+  step = int(state["step"])
+  checkpointer = Checkpointer(workdir, keep=1)
+  checkpointer.save(step, state, config)
+  checkpointer.close()
+  return os.path.join(directory, str(step))

@@ -51,17 +51,18 @@ def reference_set(config: ml_collections.ConfigDict, cache_dir: str | None = Non
     key = jax.random.fold_in(jax.random.key(config.seed), _REFERENCE_SALT)
     options = json.dumps({k: config.data[k] for k in ("n_shapes", "size_policy")})
     name = f"{config.data.source}-{options}-seed{config.seed}"
-    synthesize = jax.jit(sampler.sample, static_argnums=2)
+    synthesize = jax.jit(lambda key: sampler.sample(sampler.data, key, batch)["images"])
 
     def synthetic_batches():
       for i in range(0, num, batch):
-        yield np.asarray(synthesize(sampler.data, jax.random.fold_in(key, i), batch))
+        yield np.asarray(synthesize(jax.random.fold_in(key, i)))
 
     return name, num, synthetic_batches
 
   from gantransfer_jax.data import sources  # pylint: disable=g-import-not-at-top
   full = ml_collections.ConfigDict(config.data.to_dict())
   full.num_images = num_reference or 0  # Default: the whole target set.
+  full.fraction = 1.0
   full.subset_seed = full.get("subset_seed", 0)  # Pretraining configs have none.
   images = sources.load_dataset(full, config.resolution, cache_dir=cache_dir)
   subset = f"n{num_reference}s{full.subset_seed}" if num_reference else "all"
@@ -72,10 +73,13 @@ def reference_set(config: ml_collections.ConfigDict, cache_dir: str | None = Non
 class Evaluator:
   """Generates `num_images` with fixed latents and scores them against a reference set."""
 
-  def __init__(self, config: ml_collections.ConfigDict, generator, mesh, *,
+  def __init__(self, config: ml_collections.ConfigDict, gan, mesh, *,
                num_images: int, num_reference: int | None = None, k: int = 5,
                feature_fn: Callable | None = None, cache_dir: str | None = None,
-               stats_cache_dir: str | None = None):
+               stats_cache_dir: str | None = None,
+               sample_cond: Callable[[jax.Array, int], Any] | None = None):
+    """`gan` is a `gantransfer_jax.models.gan.Gan`; a conditional one needs
+    `sample_cond(key, n)`, which draws the conditions (e.g. the training priors)."""
     self.num_images = num_images
     self.k = k
     self.feature_fn = feature_fn or inception.load(mesh=mesh)
@@ -86,29 +90,42 @@ class Evaluator:
     batch = min(64, -(-num_images // mesh.size) * mesh.size)
     self._batch = -(-batch // mesh.size) * mesh.size
     key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_SALT)
-    k_z, self._noise_key = jax.random.split(key)
+    k_z, k_cond, self._noise_key = jax.random.split(key, 3)
     num_batches = -(-num_images // self._batch)
-    self._latents = jax.random.normal(k_z, (num_batches, self._batch, generator.z_dim))
-    psi = config.stylegan2.truncation_psi
+    self._latents = jax.random.normal(k_z, (num_batches, self._batch, gan.z_dim))
+    if gan.cond_dim and sample_cond is None:
+      raise ValueError("a conditional generator needs sample_cond to draw its conditions")
+    self._conds = [None if sample_cond is None else
+                   sample_cond(jax.random.fold_in(k_cond, i), self._batch)
+                   for i in range(num_batches)]
 
     @functools.partial(jax.jit, out_shardings=parallel.batch_sharded(mesh))
-    def generate(params, stats, z, key):
-      return generator.apply({"params": params, "stats": stats}, z, truncation_psi=psi,
-                             rngs={"noise": key})
+    def generate(params, state, z, cond, key):
+      return gan.sample(params, state, z, cond, key)
 
     self._generate = generate
 
-  def generated_features(self, params: Any, stats: Any) -> np.ndarray:
+  def generated_features(self, params: Any, state: Any) -> np.ndarray:
     features = []
-    for i, z in enumerate(self._latents):
-      images = self._generate(params, stats, z, jax.random.fold_in(self._noise_key, i))
+    for i, (z, cond) in enumerate(zip(self._latents, self._conds)):
+      images = self._generate(params, state, z, cond, jax.random.fold_in(self._noise_key, i))
       features.append(self.feature_fn(images))
     return np.concatenate(features)[:self.num_images]
 
-  def __call__(self, params: Any, stats: Any) -> dict[str, float]:
-    fake = self.generated_features(params, stats)
+  def __call__(self, params: Any, state: Any) -> dict[str, float]:
+    fake = self.generated_features(params, state)
     return {f"eval/{name}": value
             for name, value in scores(self.reference, fake, self.k).items()}
+
+
+def condition_sampler(train_config: ml_collections.ConfigDict, gan,
+                      cache_dir: str | None = None) -> Callable[[jax.Array, int], Any] | None:
+  """`sample_cond(key, n)` drawing a conditional model's conditions as in training (its
+  own training set's priors or labels); None for an unconditional model."""
+  if not gan.cond_dim:
+    return None
+  sampler = sampler_lib.make_sampler(train_config, cache_dir=cache_dir)
+  return functools.partial(sampler.sample_cond, jax.device_put(sampler.data))
 
 
 def scores(reference: inception.ReferenceStats, features: np.ndarray,

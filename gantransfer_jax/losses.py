@@ -6,7 +6,7 @@ length by pl_weight (times its interval), as in the official `training/loss.py`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +26,40 @@ def g_nonsaturating_loss(fake_logits: Array) -> Array:
   return jnp.mean(jax.nn.softplus(-fake_logits))
 
 
-def r1_penalty(d_fn: Callable[[Array], Array], reals: Array, *,
-               return_logits: bool = False) -> Array | tuple[Array, Array]:
+def d_hinge_loss(real_logits: Array, fake_logits: Array) -> Array:
+  """Hinge: mean max(0, 1 - D(x)) + mean max(0, 1 + D(G(z))) (DIP's default, Algorithm 1)."""
+  return jnp.mean(jax.nn.relu(1 - real_logits)) + jnp.mean(jax.nn.relu(1 + fake_logits))
+
+
+def g_hinge_loss(fake_logits: Array) -> Array:
+  """The hinge generator loss: -mean D(G(z)) (as the Wasserstein one)."""
+  return -jnp.mean(fake_logits)
+
+
+def d_wasserstein_loss(real_logits: Array, fake_logits: Array) -> Array:
+  return jnp.mean(fake_logits) - jnp.mean(real_logits)
+
+
+class GanLoss(NamedTuple):
+  discriminator: Callable[[Array, Array], Array]  # (real_logits, fake_logits) -> loss
+  generator: Callable[[Array], Array]             # fake_logits -> loss
+
+
+LOSSES = {
+    "nonsaturating": GanLoss(d_logistic_loss, g_nonsaturating_loss),
+    "hinge": GanLoss(d_hinge_loss, g_hinge_loss),
+    "wasserstein": GanLoss(d_wasserstein_loss, g_hinge_loss),
+}
+
+
+def gan_loss(kind: str) -> GanLoss:
+  if kind not in LOSSES:
+    raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
+  return LOSSES[kind]
+
+
+def r1_penalty(d_fn: Callable[[Array], Any], reals: Array, *, return_logits: bool = False,
+               has_aux: bool = False):
   """R1: mean over the batch of ||d sum(D(reals)) / d reals_i||^2.
 
   `d_fn` maps images to logits [B] and may include DiffAugment (with its key closed
@@ -36,19 +68,24 @@ def r1_penalty(d_fn: Callable[[Array], Array], reals: Array, *,
   over by `d_fn` gives the double-backprop gradient of the regulariser.
 
   Args:
-    d_fn: images -> logits.
+    d_fn: images -> logits, or images -> (logits, aux) with `has_aux`.
     reals: [B, ...] real images.
     return_logits: also return `d_fn(reals)`, from the same forward pass, so that the
       loop can reuse it for the logistic loss (the official "Dreal_Dr1" phase).
+    has_aux: `d_fn` also returns auxiliary output (e.g. updated model state).
 
   Returns:
-    The scalar penalty, or (penalty, logits).
+    The scalar penalty, then the logits if `return_logits`, then aux if `has_aux`.
   """
-  logits, vjp_fn = jax.vjp(d_fn, reals)
+  if has_aux:
+    logits, vjp_fn, aux = jax.vjp(d_fn, reals, has_aux=True)
+  else:
+    logits, vjp_fn = jax.vjp(d_fn, reals)
   # The cotangent of ones is the gradient of logits.sum(): one backward pass.
   (grads,) = vjp_fn(jnp.ones_like(logits))
   penalty = jnp.mean(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))))
-  return (penalty, logits) if return_logits else penalty
+  outputs = (penalty,) + ((logits,) if return_logits else ()) + ((aux,) if has_aux else ())
+  return outputs if len(outputs) > 1 else penalty
 
 
 def path_length_penalty(synth_fn: Callable[[Array], Array], ws: Array, key: Array,

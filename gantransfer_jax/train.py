@@ -1,17 +1,23 @@
-"""The GAN training loop: StyleGAN2 with on-device data, sharded over a device mesh.
+"""The GAN training loop, one for every model family, sharded over a device mesh.
 
-One train step = one generator update then one discriminator update, as the
-official StyleGAN2-ADA loop orders its phases. Everything inside the step runs on
-device: the training images are sampled there (synthesized for pretraining), and
-so are latents, DiffAugment and the regularisers. The step is jitted once per
-(R1, path-length) combination; all randomness is `fold_in(key(seed), step)`, so a
-resumed run is bit-identical to an uninterrupted one.
+One train step = one generator update then `config.loss.d_steps` discriminator updates
+(StyleGAN2-ADA orders its phases G then D; DIP's Algorithm 1 takes several D steps per
+G step, which over a run is the same alternation). Everything inside the step runs on
+device: the training batch (and its conditions) is sampled there, synthesized when
+pretraining, and so are latents, DiffAugment and the regularisers. The step is jitted
+once per (R1, path-length) combination; all randomness is `fold_in(key(seed), step)`,
+so a resumed run is bit-identical to an uninterrupted one.
 
-Deviation from the official loop (documented in the README): on lazy-regularisation
-steps the regulariser is added to the main loss (scaled by its interval) and the
-optimizer makes one update, instead of a separate "reg" phase with its own Adam
-update. With one update per step the official learning-rate/beta correction for
-the extra phase (mb_ratio) does not apply, so it is not used.
+What differs between families (StyleGAN2, the ResNet GANs of AdaFM, SNGAN for DIP) is
+behind `gantransfer_jax.models.gan.Gan`: initialisation, the training forward passes
+and their state (w_avg, batch norm and spectral-norm statistics), sampling, which
+parameters are frozen and how a pretrained checkpoint is transferred.
+
+Deviation from the official StyleGAN2 loop (documented in the README): on lazy-
+regularisation steps the regulariser is added to the main loss (scaled by its interval)
+and the optimizer makes one update, instead of a separate "reg" phase with its own Adam
+update. With one update per step the official learning-rate/beta correction for the
+extra phase (mb_ratio) does not apply, so it is not used.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ from gantransfer_jax import parallel
 from gantransfer_jax import validation
 from gantransfer_jax import writers
 from gantransfer_jax.data import sampler as sampler_lib
-from gantransfer_jax.models import build_models
-from gantransfer_jax.models import stylegan2
+from gantransfer_jax.models import gan as gan_lib
+
+FrozenPrefixes = gan_lib.FrozenPrefixes
 
 # Salts that separate the independent random streams derived from the config seed.
 _INIT_SALT = 0
@@ -55,169 +62,169 @@ _SAMPLE_SALT = 2
 class TrainState:
   step: jax.Array        # Completed steps (int32 scalar).
   g_params: Any
-  g_stats: Any           # {'w_avg': [w_dim]}: the running mean of W used for truncation.
+  g_state: Any           # G's other collections (StyleGAN2's w_avg, SNGAN's batch stats).
   g_ema_params: Any
   d_params: Any
+  d_state: Any           # D's other collections (spectral-norm statistics).
   g_opt_state: Any
   d_opt_state: Any
   pl_mean: jax.Array     # Running mean of path lengths (path-length regulariser).
 
 
-class FrozenPrefixes(NamedTuple):
-  """Parameter-path prefixes that stay fixed (see gantransfer_jax.freezing)."""
-  generator: tuple[tuple[str, ...], ...] = ()
-  discriminator: tuple[tuple[str, ...], ...] = ()
-
-
 def frozen_prefixes(config: ml_collections.ConfigDict) -> FrozenPrefixes:
-  """FreezeD: the `config.freeze_d` highest-resolution discriminator blocks (NOTES §6)."""
-  num_frozen = config.get("freeze_d", 0)
-  blocks = stylegan2.discriminator_block_names(config.resolution)
-  if not 0 <= num_frozen < len(blocks):
-    raise ValueError(f"freeze_d must be in [0, {len(blocks) - 1}] at resolution "
-                     f"{config.resolution} (blocks {', '.join(blocks)}), got {num_frozen}")
-  return FrozenPrefixes(discriminator=tuple((name,) for name in blocks[:num_frozen]))
+  """What the config freezes (FreezeD, AdaFM's GmDn), per `Gan.frozen_prefixes`."""
+  return gan_lib.build_gan(config).frozen_prefixes()
 
 
-def make_optimizers(config: ml_collections.ConfigDict):
+def make_optimizers(config: ml_collections.ConfigDict, gan: gan_lib.Gan | None = None):
   opt = config.optim
-  g_tx = optax.adam(opt.g_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  gan = gan or gan_lib.build_gan(config)
+  g_tx = gan.generator_optimizer(optax.adam(opt.g_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps))
   d_tx = optax.adam(opt.d_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
   return g_tx, d_tx
 
 
-def init_train_state(config, generator, discriminator, g_tx, d_tx,
+def _trainable(params, prefixes):
+  return freezing.split(params, prefixes)[0]
+
+
+def init_train_state(config, gan: gan_lib.Gan, g_tx, d_tx,
                      frozen: FrozenPrefixes = FrozenPrefixes()) -> TrainState:
   """Fresh parameters and optimizer states (pure; jit it with replicated outputs).
 
   Optimizer state exists only for the trainable part of each network.
   """
   key = jax.random.fold_in(jax.random.key(config.seed), _INIT_SALT)
-  k_g, k_noise, k_d = jax.random.split(key, 3)
-  z = jnp.zeros((1, generator.z_dim), jnp.float32)
-  g_vars = generator.init({"params": k_g, "noise": k_noise}, z)
-  images = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
-  d_vars = discriminator.init(k_d, images)
-  freezing.check_prefixes(g_vars["params"], frozen.generator)
-  freezing.check_prefixes(d_vars["params"], frozen.discriminator)
+  g_vars, d_vars = gan.init(key)
+  g_params, g_state = gan_lib.split_variables(g_vars)
+  d_params, d_state = gan_lib.split_variables(d_vars)
+  freezing.check_prefixes(g_params, frozen.generator)
+  freezing.check_prefixes(d_params, frozen.discriminator)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
-      g_params=g_vars["params"],
-      g_stats=g_vars["stats"],
-      g_ema_params=g_vars["params"],
-      d_params=d_vars["params"],
-      g_opt_state=g_tx.init(freezing.split(g_vars["params"], frozen.generator)[0]),
-      d_opt_state=d_tx.init(freezing.split(d_vars["params"], frozen.discriminator)[0]),
+      g_params=g_params, g_state=g_state, g_ema_params=g_params,
+      d_params=d_params, d_state=d_state,
+      g_opt_state=g_tx.init(_trainable(g_params, frozen.generator)),
+      d_opt_state=d_tx.init(_trainable(d_params, frozen.discriminator)),
       pl_mean=jnp.zeros((), jnp.float32),
   )
 
 
-def create_train_state(config, generator, discriminator, g_tx, d_tx, mesh,
+def create_train_state(config, gan, g_tx, d_tx, mesh,
                        frozen: FrozenPrefixes = FrozenPrefixes()) -> TrainState:
-  init = functools.partial(init_train_state, config, generator, discriminator, g_tx, d_tx,
-                           frozen)
+  init = functools.partial(init_train_state, config, gan, g_tx, d_tx, frozen)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
-                    sample_reals: Callable, g_tx, d_tx, mesh,
+def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
+                    sampler: sampler_lib.Sampler, g_tx, d_tx, mesh,
                     frozen: FrozenPrefixes = FrozenPrefixes()) -> Callable:
   """Returns `step(state, data, do_r1, do_pl) -> (state, metrics)`, jitted, donating state.
 
-  `sample_reals(data, key, batch)` draws the real batch on device from `data`.
+  `sampler.sample(data, key, batch)` draws the real batch on device from `data`.
   Gradients are taken only with respect to the trainable part of each network.
   """
   batch = config.batch_size
   loss_cfg = config.loss
+  gan_loss = losses.gan_loss(loss_cfg.kind)
+  d_steps = loss_cfg.get("d_steps", 1)
   policy = augment.validate_policy(config.augment)
   ema_beta = losses.ema_beta(batch, config.ema_kimg)
+  ema_start_step = config.get("ema_start_step", 0)
   base_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_SALT)
 
-  def latents(key, n):
-    return parallel.shard_batch(jax.random.normal(key, (n, generator.z_dim)), mesh)
+  def shard(tree):
+    return jax.tree.map(lambda x: parallel.shard_batch(x, mesh), tree)
 
-  def discriminate(d_params, images, key):
+  def latents(key, n):
+    return shard(jax.random.normal(key, (n, gan.z_dim)))
+
+  def discriminate(d_params, d_state, images, cond, key):
     if policy:
       images = augment.diff_augment(key, images, policy)
-    return discriminator.apply({"params": d_params}, images)
+    return gan.discriminate(d_params, d_state, images, cond)
 
-  def map_latents(g_vars, key, n, update_w_avg):
-    """z -> ws with style mixing, as the official loss does for every generated batch."""
-    k_z, k_z2, k_mix = jax.random.split(key, 3)
-    (ws, mutated) = generator.apply(
-        g_vars, latents(k_z, n), update_w_avg=update_w_avg,
-        method=generator.map, mutable=["stats"])
-    if loss_cfg.style_mixing_prob > 0:
-      ws_other = generator.apply(g_vars, latents(k_z2, n), method=generator.map)
-      ws = stylegan2.style_mix(k_mix, ws, ws_other, loss_cfg.style_mixing_prob)
-    return ws, mutated["stats"]
-
-  def synthesize(g_vars, ws, key):
-    return generator.apply(g_vars, ws, method=generator.synthesize, rngs={"noise": key})
-
-  def g_loss_fn(g_trainable, g_frozen, state, key, do_pl):
+  def g_loss_fn(g_trainable, g_frozen, state, data, key, do_pl):
     g_params = freezing.merge(g_trainable, g_frozen)
-    k_map, k_noise, k_aug, k_pl = jax.random.split(key, 4)
-    g_vars = {"params": g_params, "stats": state.g_stats}
-    ws, g_stats = map_latents(g_vars, k_map, batch, update_w_avg=True)
-    fakes = synthesize(g_vars, ws, k_noise)
-    loss_main = losses.g_nonsaturating_loss(discriminate(state.d_params, fakes, k_aug))
+    k_cond, k_z, k_gen, k_aug, k_pl = jax.random.split(key, 5)
+    cond = shard(sampler.sample_cond(data, k_cond, batch))
+    fakes, g_state = gan.generate(g_params, state.g_state, latents(k_z, batch), cond, k_gen)
+    logits, _ = discriminate(state.d_params, state.d_state, fakes, cond, k_aug)
+    loss_main = gan_loss.generator(logits)
     metrics = {"loss/g": loss_main}
     loss, pl_mean = loss_main, state.pl_mean
     if do_pl:
-      k_pl_map, k_pl_noise, k_pl_dir = jax.random.split(k_pl, 3)
+      k_pl_z, k_pl = jax.random.split(k_pl)
       pl_batch = max(batch // loss_cfg.pl_batch_shrink, 1)
-      pl_ws, _ = map_latents(g_vars, k_pl_map, pl_batch, update_w_avg=False)
-      penalty, pl_mean = losses.path_length_penalty(
-          lambda w: synthesize(g_vars, w, k_pl_noise), pl_ws, k_pl_dir, state.pl_mean,
-          decay=loss_cfg.pl_decay)
+      penalty, pl_mean = gan.path_length_penalty(
+          g_params, state.g_state, latents(k_pl_z, pl_batch), k_pl, state.pl_mean)
       loss = loss + penalty * loss_cfg.pl_weight * loss_cfg.pl_interval
       metrics["loss/pl"] = penalty
-    return loss, (g_stats, pl_mean, metrics)
+    return loss, (g_state, pl_mean, metrics)
 
-  def d_loss_fn(d_trainable, d_frozen, reals, fakes, key, do_r1):
+  def d_loss_fn(d_trainable, d_frozen, d_state, reals, fakes, cond, key, do_r1):
     d_params = freezing.merge(d_trainable, d_frozen)
     k_real, k_fake = jax.random.split(key)
-    discriminate_reals = functools.partial(discriminate, d_params, key=k_real)
+
+    def discriminate_reals(images):
+      return discriminate(d_params, d_state, images, cond, k_real)
+
     if do_r1:
       # One forward pass on the reals serves both the loss and R1 (taken through
       # DiffAugment, as its authors do): the official "Dreal_Dr1" phase.
-      r1, real_logits = losses.r1_penalty(discriminate_reals, reals, return_logits=True)
+      r1, real_logits, d_state = losses.r1_penalty(discriminate_reals, reals,
+                                                   return_logits=True, has_aux=True)
     else:
-      real_logits = discriminate_reals(reals)
-    fake_logits = discriminate(d_params, fakes, k_fake)
-    loss = losses.d_logistic_loss(real_logits, fake_logits)
+      real_logits, d_state = discriminate_reals(reals)
+    fake_logits, d_state = discriminate(d_params, d_state, fakes, cond, k_fake)
+    loss = gan_loss.discriminator(real_logits, fake_logits)
     metrics = {"loss/d": loss, "scores/real": real_logits.mean(),
                "scores/fake": fake_logits.mean()}
     if do_r1:
       loss = loss + r1 * (loss_cfg.r1_gamma / 2) * loss_cfg.r1_interval
       metrics["loss/r1"] = r1
-    return loss, metrics
+    return loss, (d_state, metrics)
+
+  def d_update(g_params, g_state, data, do_r1, carry, key):
+    """One discriminator step (Algorithm 1's inner loop): fresh reals, z and fakes."""
+    d_params, d_state, d_opt_state = carry
+    k_reals, k_z, k_gen, k_d = jax.random.split(key, 4)
+    real_batch = shard(sampler.sample(data, k_reals, batch))
+    cond = real_batch.get("cond")  # The fakes share the reals' conditions (Algorithm 1).
+    fakes, _ = gan.generate(g_params, g_state, latents(k_z, batch), cond, k_gen)
+    fakes = jax.lax.stop_gradient(fakes)
+    d_trainable, d_frozen = freezing.split(d_params, frozen.discriminator)
+    d_grads, (d_state, metrics) = jax.grad(d_loss_fn, has_aux=True)(
+        d_trainable, d_frozen, d_state, real_batch["images"], fakes, cond, k_d, do_r1)
+    d_updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_trainable)
+    d_params = freezing.merge(optax.apply_updates(d_trainable, d_updates), d_frozen)
+    return (d_params, d_state, d_opt_state), metrics
 
   def train_step(state: TrainState, data, do_r1: bool, do_pl: bool):
     key = jax.random.fold_in(base_key, state.step)
-    k_g, k_reals, k_fake_map, k_fake_noise, k_d = jax.random.split(key, 5)
+    k_g, k_d = jax.random.split(key)
 
     g_trainable, g_frozen = freezing.split(state.g_params, frozen.generator)
-    g_grads, (g_stats, pl_mean, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(
-        g_trainable, g_frozen, state, k_g, do_pl)
+    g_grads, (g_state, pl_mean, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(
+        g_trainable, g_frozen, state, data, k_g, do_pl)
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, g_trainable)
     g_params = freezing.merge(optax.apply_updates(g_trainable, g_updates), g_frozen)
-    g_ema_params = losses.ema_update(state.g_ema_params, g_params, ema_beta)
+    beta = jnp.where(state.step < ema_start_step, 0.0, ema_beta) if ema_start_step else ema_beta
+    g_ema_params = losses.ema_update(state.g_ema_params, g_params, beta)
 
-    g_vars = {"params": g_params, "stats": g_stats}
-    ws, _ = map_latents(g_vars, k_fake_map, batch, update_w_avg=False)
-    fakes = jax.lax.stop_gradient(synthesize(g_vars, ws, k_fake_noise))
-    reals = parallel.shard_batch(sample_reals(data, k_reals, batch), mesh)
-    d_trainable, d_frozen = freezing.split(state.d_params, frozen.discriminator)
-    d_grads, d_metrics = jax.grad(d_loss_fn, has_aux=True)(
-        d_trainable, d_frozen, reals, fakes, k_d, do_r1)
-    d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, d_trainable)
-    d_params = freezing.merge(optax.apply_updates(d_trainable, d_updates), d_frozen)
+    step_d = functools.partial(d_update, g_params, g_state, data, do_r1)
+    carry = (state.d_params, state.d_state, state.d_opt_state)
+    if d_steps == 1:
+      carry, d_metrics = step_d(carry, k_d)
+    else:
+      carry, d_metrics = jax.lax.scan(step_d, carry, jax.random.split(k_d, d_steps))
+      d_metrics = jax.tree.map(jnp.mean, d_metrics)
+    d_params, d_state, d_opt_state = carry
 
     new_state = state.replace(
-        step=state.step + 1, g_params=g_params, g_stats=g_stats, g_ema_params=g_ema_params,
-        d_params=d_params, g_opt_state=g_opt_state, d_opt_state=d_opt_state, pl_mean=pl_mean)
+        step=state.step + 1, g_params=g_params, g_state=g_state, g_ema_params=g_ema_params,
+        d_params=d_params, d_state=d_state, g_opt_state=g_opt_state,
+        d_opt_state=d_opt_state, pl_mean=pl_mean)
     return new_state, {**g_metrics, **d_metrics}
 
   replicated = parallel.replicated(mesh)
@@ -227,28 +234,28 @@ def make_train_step(config: ml_collections.ConfigDict, generator, discriminator,
 
 class Setup(NamedTuple):
   """Everything a training run (or a benchmark of one) is made of, ready on the mesh."""
-  generator: Any
-  discriminator: Any
+  gan: gan_lib.Gan
   g_tx: optax.GradientTransformation
   d_tx: optax.GradientTransformation
   frozen: FrozenPrefixes
+  sampler: sampler_lib.Sampler
   state: TrainState        # Fresh (random init), replicated over the mesh.
   data: Any                # The sampler's data pytree, replicated over the mesh.
   train_step: Callable     # step(state, data, do_r1, do_pl) -> (state, metrics)
 
 
-def build(config: ml_collections.ConfigDict, mesh, data_cache_dir: str | None = None) -> Setup:
+def build(config: ml_collections.ConfigDict, mesh, data_cache_dir: str | None = None, *,
+          prior_fn: Callable | None = None) -> Setup:
   """Models, optimizers, data and the jitted step for a validated config."""
-  generator, discriminator = build_models(config)
-  g_tx, d_tx = make_optimizers(config)
-  frozen = frozen_prefixes(config)
-  sampler = sampler_lib.make_sampler(config, cache_dir=data_cache_dir)
+  gan = gan_lib.build_gan(config)
+  g_tx, d_tx = make_optimizers(config, gan)
+  frozen = gan.frozen_prefixes()
+  sampler = sampler_lib.make_sampler(config, cache_dir=data_cache_dir, prior_fn=prior_fn)
   return Setup(
-      generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx, frozen=frozen,
-      state=create_train_state(config, generator, discriminator, g_tx, d_tx, mesh, frozen),
+      gan=gan, g_tx=g_tx, d_tx=d_tx, frozen=frozen, sampler=sampler,
+      state=create_train_state(config, gan, g_tx, d_tx, mesh, frozen),
       data=jax.device_put(sampler.data, parallel.replicated(mesh)),
-      train_step=make_train_step(config, generator, discriminator, sampler.sample, g_tx,
-                                 d_tx, mesh, frozen))
+      train_step=make_train_step(config, gan, sampler, g_tx, d_tx, mesh, frozen))
 
 
 def regularizer_schedule(step: int, config: ml_collections.ConfigDict) -> dict[str, bool]:
@@ -259,17 +266,17 @@ def regularizer_schedule(step: int, config: ml_collections.ConfigDict) -> dict[s
   }
 
 
-def make_sample_fn(config, generator, mesh) -> Callable[[TrainState], jax.Array]:
-  """EMA-generator samples from latents fixed for the whole run (and its resumptions)."""
+def make_sample_fn(config, setup: Setup, mesh) -> Callable[[TrainState], jax.Array]:
+  """EMA-generator samples from latents (and conditions) fixed for the whole run."""
   key = jax.random.fold_in(jax.random.key(config.seed), _SAMPLE_SALT)
-  k_z, k_noise = jax.random.split(key)
-  z = jax.random.normal(k_z, (config.num_sample_images, generator.z_dim))
-  psi = config.stylegan2.truncation_psi
+  k_z, k_cond, k_noise = jax.random.split(key, 3)
+  z = jax.random.normal(k_z, (config.num_sample_images, setup.gan.z_dim))
+  cond = jax.jit(setup.sampler.sample_cond, static_argnums=2)(
+      setup.data, k_cond, config.num_sample_images)
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def sample(state: TrainState) -> jax.Array:
-    g_vars = {"params": state.g_ema_params, "stats": state.g_stats}
-    return generator.apply(g_vars, z, truncation_psi=psi, rngs={"noise": k_noise})
+    return setup.gan.sample(state.g_ema_params, state.g_state, z, cond, k_noise)
 
   return sample
 
@@ -338,10 +345,11 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 class _PeriodicEvaluation:
   """FID/KID/PR of the EMA generator every eval_every steps; keeps the best-FID checkpoint."""
 
-  def __init__(self, config, generator, mesh, workdir, writer):
+  def __init__(self, config, setup: Setup, mesh, workdir, writer):
     self._config, self._writer, self._workdir = config, writer, workdir
     self._evaluator = evaluation.Evaluator(
-        config, generator, mesh, num_images=config.eval_num_images,
+        config, setup.gan, mesh, num_images=config.eval_num_images,
+        sample_cond=functools.partial(setup.sampler.sample_cond, setup.data),
         cache_dir=os.path.join(workdir, "data_cache"))
     self._best = checkpoints.Checkpointer(os.path.join(workdir, "best"), keep=1)
     fids = [r["eval/fid"] for r in writers.read_metrics(workdir)
@@ -351,7 +359,7 @@ class _PeriodicEvaluation:
 
   def __call__(self, step: int, state: TrainState) -> None:
     start = time.perf_counter()
-    scores = self._evaluator(state.g_ema_params, state.g_stats)
+    scores = self._evaluator(state.g_ema_params, state.g_state)
     scores["perf/kimg"] = step * self._config.batch_size / 1000
     scores["perf/eval_seconds"] = time.perf_counter() - start
     self._writer.write_scalars(step, scores)
@@ -376,29 +384,32 @@ class _PeriodicEvaluation:
     self._best.close()
 
 
-def _make_periodic_evaluation(config, generator, mesh, workdir, writer):
+def _make_periodic_evaluation(config, setup: Setup, mesh, workdir, writer):
   if not config.get("eval_every"):
     return None
-  return _PeriodicEvaluation(config, generator, mesh, workdir, writer)
+  return _PeriodicEvaluation(config, setup, mesh, workdir, writer)
 
 
-def load_init_params(state: TrainState, path: str, frozen: FrozenPrefixes, g_tx, d_tx,
-                     mesh) -> TrainState:
-  """Starts from a pretrained checkpoint's G, G_ema, D (and w_avg); fresh optimizers."""
-  _, params = checkpoints.restore_params(path)
-  loaded = {"g_params": params["generator"], "g_ema_params": params["generator_ema"],
-            "g_stats": params["generator_stats"], "d_params": params["discriminator"]}
+def load_init_params(state: TrainState, path: str, setup: Setup, mesh) -> TrainState:
+  """Starts from a pretrained checkpoint (as `Gan.transfer` maps it); fresh optimizers."""
+  _, pretrained = checkpoints.restore_params(path)
+  fresh = jax.device_get({"g_params": state.g_params, "g_state": state.g_state,
+                          "d_params": state.d_params, "d_state": state.d_state})
+  # Host copies: a transfer may put one array in two fields (AdaFM's frozen part is in
+  # G and G_ema), and the step donates its input, which needs distinct buffers.
+  loaded = jax.device_get(setup.gan.transfer(fresh, pretrained))
   for name, tree in loaded.items():
     expected = jax.tree.map(lambda x: x.shape, getattr(state, name))
-    got = jax.tree.map(lambda x: np.shape(x), tree)
+    got = jax.tree.map(np.shape, tree)
     if expected != got:
       raise ValueError(
           f"init_checkpoint {path}: {name} does not fit the configured model "
           f"(checkpoint shapes {got} vs model shapes {expected})")
+  frozen = setup.frozen
   state = state.replace(
       **loaded,
-      g_opt_state=g_tx.init(freezing.split(loaded["g_params"], frozen.generator)[0]),
-      d_opt_state=d_tx.init(freezing.split(loaded["d_params"], frozen.discriminator)[0]))
+      g_opt_state=setup.g_tx.init(_trainable(loaded["g_params"], frozen.generator)),
+      d_opt_state=setup.d_tx.init(_trainable(loaded["d_params"], frozen.discriminator)))
   return jax.device_put(state, parallel.replicated(mesh))
 
 
@@ -421,14 +432,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = restored
     logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
   elif config.get("init_checkpoint"):
-    state = load_init_params(state, config.init_checkpoint, setup.frozen, setup.g_tx,
-                             setup.d_tx, mesh)
+    state = load_init_params(state, config.init_checkpoint, setup, mesh)
     logging.info("Initialised from %s.", config.init_checkpoint)
   _write_config(workdir, config)
 
-  sample = make_sample_fn(config, setup.generator, mesh)
+  sample = make_sample_fn(config, setup, mesh)
   writer = writers.create_writer(workdir)
-  evaluate = _make_periodic_evaluation(config, setup.generator, mesh, workdir, writer)
+  evaluate = _make_periodic_evaluation(config, setup, mesh, workdir, writer)
   step = int(state.step)
   start_step = step
   history: list[dict[str, jax.Array]] = []

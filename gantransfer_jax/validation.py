@@ -8,8 +8,11 @@ import tempfile
 import jax
 import ml_collections
 
-MODELS = ("stylegan2",)
-LOSSES = ("nonsaturating",)
+MODELS = ("stylegan2", "resnet", "adafm", "sngan")
+LOSSES = ("nonsaturating", "hinge", "wasserstein")
+ADAFM_KINDS = ("adafm", "fs", "none")
+# Finetuning methods that start from random weights; all others need init_checkpoint.
+FROM_SCRATCH = ("scratch", "dip", "dip_diffaug")
 
 
 class ConfigError(ValueError):
@@ -64,14 +67,39 @@ def _check_eval(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def _check_freezing(config: ml_collections.ConfigDict) -> list[str]:
-  from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
+def _check_model(config: ml_collections.ConfigDict) -> list[str]:
+  """Checks that need the model family: its section, conditioning, freezing."""
+  from gantransfer_jax.models import gan as gan_lib  # pylint: disable=g-import-not-at-top
 
+  problems = []
+  section = "resnet" if config.model == "adafm" else config.model
+  if config.get(section) is None:
+    problems.append(f"model {config.model!r} needs a config.{section} section")
+  if config.model == "adafm":
+    adafm = config.get("adafm")
+    if adafm is None or adafm.get("kind") not in ADAFM_KINDS:
+      problems.append(f"model 'adafm' needs config.adafm.kind in {', '.join(ADAFM_KINDS)}")
+    elif adafm.warmup_steps < 0:
+      problems.append(f"adafm.warmup_steps must be >= 0, got {adafm.warmup_steps}")
+  if config.model != "stylegan2" and config.loss.pl_weight > 0:
+    problems.append(f"path-length regularisation is StyleGAN2's; set loss.pl_weight=0 for "
+                    f"model {config.model!r}")
+  if config.model in ("resnet", "adafm") and config.get("freeze_d"):
+    problems.append("for the ResNet GANs freeze D's groups with adafm.general_d, not freeze_d")
   try:
-    train.frozen_prefixes(config)
+    cond_dim = gan_lib.condition_dim(config)
   except ValueError as e:
-    return [str(e)]
-  return []
+    return problems + [str(e)]
+  if cond_dim and config.model != "sngan":
+    problems.append(f"conditioning (dip.prior or num_classes) needs model 'sngan', not "
+                    f"{config.model!r}")
+  if problems:
+    return problems
+  try:
+    gan_lib.build_gan(config).frozen_prefixes()
+  except ValueError as e:
+    problems.append(str(e))
+  return problems
 
 
 def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
@@ -79,7 +107,7 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
   """Raises ConfigError listing every problem with a pretraining/finetuning config."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   problems = []
-  if config.get("method") in ("transfergan", "freezed") and not config.get("init_checkpoint"):
+  if config.get("method") not in (None,) + FROM_SCRATCH and not config.get("init_checkpoint"):
     problems.append(f"method {config.method!r} starts from a pretrained model: set "
                     "--config.init_checkpoint=WORKDIR_OR_CHECKPOINT")
   if config.model not in MODELS:
@@ -91,7 +119,7 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
     problems.append(
         f"batch_size {config.batch_size} must be a positive multiple of the number of "
         f"devices ({num_devices})")
-  group = config.stylegan2.mbstd_group_size
+  group = config.stylegan2.mbstd_group_size if config.model == "stylegan2" else 0
   if group and config.batch_size % min(group, config.batch_size):
     problems.append(
         f"batch_size {config.batch_size} must be divisible by the minibatch-stddev group "
@@ -102,13 +130,16 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
   for field in ("r1_interval", "pl_interval"):
     if config.loss[field] <= 0:
       problems.append(f"loss.{field} must be positive, got {config.loss[field]}")
+  if config.loss.get("d_steps", 1) < 1:
+    problems.append(f"loss.d_steps must be >= 1, got {config.loss.d_steps}")
   if config.loss.kind not in LOSSES:
     problems.append(f"loss.kind {config.loss.kind!r} is unknown; valid: {', '.join(LOSSES)}")
   problems += _check_augment(config.augment)
   problems += _check_eval(config)
   if not problems:  # These checks assume a sane model and resolution.
+    problems += _check_model(config)
+  if not problems:
     problems += _check_data_source(config)
-    problems += _check_freezing(config)
   workdir_problem = _check_workdir(workdir)
   if workdir_problem:
     problems.append(workdir_problem)

@@ -7,6 +7,9 @@ with one output per class), wrapped as GAN_stability checkpoints with DataParall
 as real torch files.
 """
 
+import importlib.util
+import os
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -16,7 +19,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from gantransfer_jax import checkpoints
 from gantransfer_jax.convert import gan_stability
+from gantransfer_jax.models import gan as gan_lib
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 ARCH = gan_stability.Architecture(resolution=8, nf=4, z_dim=6)
 EMBED_SIZE = 5
@@ -33,6 +40,18 @@ def _random_like(shapes, seed):
 def ours():
   shapes = gan_stability.expected_params(ARCH)
   return {name: _random_like(tree, seed) for seed, (name, tree) in enumerate(shapes.items())}
+
+
+def _load_config(name, preset=""):
+  spec = importlib.util.spec_from_file_location(f"{name}_config", _ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+@pytest.fixture(scope="module")
+def base_config():
+  return _load_config("ps_pretrain", "resnet")
 
 
 def _conditional(ours, seed=10):
@@ -165,3 +184,71 @@ def test_launch_script(ours, tmp_path):
   assert result.returncode == 0, result.stderr
   variables, architecture = gan_stability.load_npz(out)
   assert architecture == ARCH and sorted(variables) == ["generator"]
+
+
+def test_workdir_is_a_checkpoint_a_finetune_starts_from(ours, base_config, tmp_path):
+  # The EMA G differs from G, so taking the wrong one shows.
+  ema = _random_like(gan_stability.expected_params(ARCH)["generator"], seed=7)
+  networks = _conditional(ours)
+  networks["generator_test"] = _conditional({**ours, "generator": ema})["generator"]
+  src, npz, workdir = tmp_path / "ckpt.pkl", tmp_path / "converted.npz", tmp_path / "converted"
+  with open(src, "wb") as f:
+    pickle.dump(_checkpoint(networks), f)
+  gan_stability.convert_file(src, npz, discriminator_class=D_CLASS)
+  written = gan_stability.convert_file_to_workdir(src, workdir, base_config,
+                                                  discriminator_class=D_CLASS)
+
+  config, params = checkpoints.restore_params(str(workdir))
+  variables, _ = gan_stability.load_npz(npz)
+  _assert_trees_equal(params["generator"], variables["generator"]["params"])
+  _assert_trees_equal(params["discriminator"], variables["discriminator"]["params"])
+  _assert_trees_equal(params["generator_ema"], ema)
+  assert params["generator_state"] == {} and params["discriminator_state"] == {}
+  saved = checkpoints.restore_raw_config(str(workdir))
+  assert (saved.model, saved.resolution, saved.resnet.nf, saved.resnet.z_dim) == (
+      "resnet", ARCH.resolution, ARCH.nf, ARCH.z_dim)
+  assert saved.converted_from == str(src) and written.to_dict() == saved.to_dict()
+  assert saved.optim.g_lr == base_config.optim.g_lr  # The resnet recipe travels along.
+
+  gan = gan_lib.build_gan(config)
+  z = jax.random.normal(jax.random.key(0), (2, ARCH.z_dim))
+  images = gan.generator.apply({"params": params["generator_ema"]}, z)
+  np.testing.assert_allclose(images, ARCH.generator().apply({"params": ema}, z),
+                             rtol=1e-6, atol=1e-6)
+  assert gan.discriminator.apply({"params": params["discriminator"]}, images).shape == (2,)
+  # AdaFM's finetune config takes its model fields from the converted checkpoint.
+  inherited = checkpoints.inherit_model_config(_load_config("finetune", "adafm"), str(workdir))
+  assert (inherited.model, inherited.resolution, inherited.resnet.nf) == ("adafm", 8, 4)
+
+  with pytest.raises(FileExistsError, match="already holds checkpoints"):
+    gan_stability.convert_file_to_workdir(src, workdir, base_config)
+
+
+def test_workdir_without_discriminator_or_ema(ours, base_config):
+  with pytest.warns(UserWarning, match="no discriminator: D is initialised from seed 4"):
+    _, state = gan_stability.convert_checkpoint(
+        {"generator": _conditional(ours)["generator"]}, base_config, seed=4)
+  _assert_trees_equal(state["g_ema_params"], ours["generator"])
+  _assert_trees_equal(state["g_params"], ours["generator"])
+  expected = gan_stability.expected_params(ARCH)["discriminator"]
+  assert jax.tree.structure(state["d_params"]) == jax.tree.structure(expected)
+  _assert_trees_equal(state["d_params"], gan_stability.initial_discriminator(ARCH, 4))
+  bad_ema = dict(_conditional(ours)["generator"])
+  bad_ema.pop("conv_img.weight")
+  with pytest.raises(gan_stability.LayoutError, match=r"(?s)'generator_test'.*missing generator"):
+    gan_stability.convert_checkpoint(_conditional(ours), base_config, ema=bad_ema)
+
+
+def test_launch_script_writes_a_workdir(ours, tmp_path):
+  src, workdir = tmp_path / "ckpt.pkl", tmp_path / "converted"
+  with open(src, "wb") as f:
+    pickle.dump(_checkpoint(_conditional(ours)), f)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(_ROOT)}
+  command = [sys.executable, str(_ROOT / "launch" / "convert_gan_stability.py"), f"--src={src}"]
+  result = subprocess.run([*command, f"--workdir={workdir}"], capture_output=True, text=True,
+                          check=False, env=env, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "nf 4, z_dim 6" in result.stdout
+  config = checkpoints.restore_raw_config(str(workdir))
+  assert (config.model, config.resolution, config.resnet.nf) == ("resnet", 8, 4)
+  assert config.optim.g_lr == 1e-4  # From the default base config, ps_pretrain.py:resnet.

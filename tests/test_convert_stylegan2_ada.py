@@ -25,7 +25,7 @@ import pytest
 
 from gantransfer_jax import checkpoints
 from gantransfer_jax.convert import stylegan2_ada
-from gantransfer_jax.models import build_models
+from gantransfer_jax.models import gan as gan_lib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Resolution 8 has every kind of block: b4 (const, conv1, torgb) and b8 (conv0, fromrgb).
@@ -216,7 +216,7 @@ def _assert_converted(config, state, ours):
   for field in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max"):
     assert config.stylegan2[field] == getattr(TINY, field), field
   expected = {"g_params": ours["G"]["params"], "g_ema_params": ours["G_ema"]["params"],
-              "g_stats": ours["G_ema"]["stats"], "d_params": ours["D"]["params"]}
+              "g_state": {"stats": ours["G_ema"]["stats"]}, "d_params": ours["D"]["params"]}
   for name, tree in expected.items():
     got = state[name]
     assert jax.tree.structure(got) == jax.tree.structure(tree), name
@@ -283,7 +283,7 @@ def test_workdir_is_a_checkpoint_of_ours(official, ours, base_config, tmp_path,
   assert config.converted_from == str(source)
   _assert_converted(config, {"g_params": params["generator"],
                              "g_ema_params": params["generator_ema"],
-                             "g_stats": params["generator_stats"],
+                             "g_state": params["generator_state"],
                              "d_params": params["discriminator"]}, ours)
   finetune = _load_config("finetune", "transfergan")
   inherited = checkpoints.inherit_model_config(finetune, workdir)
@@ -291,10 +291,11 @@ def test_workdir_is_a_checkpoint_of_ours(official, ours, base_config, tmp_path,
 
   # The converted model runs: const noise (official buffers), then D on the images.
   _, state, _ = checkpoints.restore_raw(workdir)
-  generator, discriminator = build_models(config)
+  gan = gan_lib.build_gan(config)
+  generator, discriminator = gan.generator, gan.discriminator
   z = jax.random.normal(jax.random.key(0), (2, TINY.z_dim))
   images = generator.apply({"params": params["generator_ema"],
-                            "stats": params["generator_stats"],
+                            **params["generator_state"],
                             "noise_consts": state["g_noise_consts"]},
                            z, noise_mode="const", truncation_psi=0.7)
   logits = discriminator.apply({"params": params["discriminator"]}, images)

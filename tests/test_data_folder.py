@@ -113,3 +113,44 @@ def test_fit_image_takes_arrays():
     folder.fit_image(np.zeros((4, 4), np.float32), 4)
   with pytest.raises(ValueError, match="shape"):
     folder.fit_image(np.zeros((4, 4, 2), np.uint8), 4)
+
+
+def _save(path, value: int) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(path)
+
+
+def test_labelled_folder_classes_labels_and_skipped_files(tmp_path):
+  # Classes sort by name as strings ('10' < '2'); deeper folders belong to their top one.
+  _save(tmp_path / "2" / "a.png", 20)
+  _save(tmp_path / "10" / "a.png", 100)
+  _save(tmp_path / "10" / "sub" / "deep" / "b.png", 101)
+  _save(tmp_path / "bird" / "a.png", 30)
+  (tmp_path / "2" / "b_corrupt.png").write_bytes(b"\x89PNG broken")
+  (tmp_path / "bird" / "notes.txt").write_text("not an image")
+  (tmp_path / "empty").mkdir()  # No image: no class.
+  with pytest.warns(UserWarning, match="b_corrupt.png"):
+    images, labels, class_names = folder.load_labelled_image_folder(str(tmp_path), 4)
+  assert class_names == ("10", "2", "bird")
+  # The corrupt file's label is dropped with it: labels stay aligned with the images.
+  np.testing.assert_array_equal(images[:, 0, 0, 0], [100, 101, 20, 30])
+  np.testing.assert_array_equal(labels, [0, 0, 1, 2])
+  assert labels.dtype == np.int32
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    np.testing.assert_array_equal(images, load_image_folder(str(tmp_path), 4))
+
+
+def test_labelled_folder_rejects_loose_images_and_flat_folders(tmp_path):
+  _save(tmp_path / "flat" / "a.png", 1)
+  with pytest.raises(ValueError, match="has no class subfolders.*1 image file"):
+    folder.load_labelled_image_folder(str(tmp_path / "flat"), 4)
+  _save(tmp_path / "flat" / "cls" / "b.png", 2)
+  with pytest.raises(ValueError, match=r"holds 1 image file\(s\) directly \(a.png\)") as e:
+    folder.check_class_folders(str(tmp_path / "flat"))
+  assert str(tmp_path / "flat") in str(e.value)
+  (tmp_path / "only_empty" / "cls").mkdir(parents=True)
+  with pytest.raises(ValueError, match="no image files"):
+    folder.load_labelled_image_folder(str(tmp_path / "only_empty"), 4)
+  with pytest.raises(FileNotFoundError):
+    folder.load_labelled_image_folder(str(tmp_path / "missing"), 4)

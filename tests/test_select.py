@@ -17,7 +17,7 @@ import pytest
 
 from gantransfer_jax import assets
 from gantransfer_jax import checkpoints
-from gantransfer_jax.models import build_models
+from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.tasks import select
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,7 +33,8 @@ def _load_config(name, preset=""):
 
 def _write_checkpoint(workdir, config, seed):
   """A checkpoint in the training layout, its parameters drawn from N(0, 1)."""
-  generator, discriminator = build_models(config)
+  gan = gan_lib.build_gan(config)
+  generator, discriminator = gan.generator, gan.discriminator
   rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
   g_shapes = jax.eval_shape(generator.init, rngs, jnp.zeros((1, generator.z_dim)))
   d_shapes = jax.eval_shape(discriminator.init, rngs,
@@ -43,8 +44,8 @@ def _write_checkpoint(workdir, config, seed):
       lambda s: rng.standard_normal(s.shape).astype(np.float32), tree)
   g_params = draw(g_shapes["params"])
   state = {"step": np.zeros((), np.int32), "g_params": g_params, "g_ema_params": g_params,
-           "g_stats": {"w_avg": np.zeros(generator.w_dim, np.float32)},
-           "d_params": draw(d_shapes["params"])}
+           "g_state": {"stats": {"w_avg": np.zeros(generator.w_dim, np.float32)}},
+           "d_params": draw(d_shapes["params"]), "d_state": {}}
   checkpointer = checkpoints.Checkpointer(str(workdir))
   checkpointer.save(0, state, config)
   checkpointer.close()

@@ -198,3 +198,33 @@ def test_stylegan2_prior_mlp():
   hidden = np.maximum(prior @ params["fc0"]["kernel"] + params["fc0"]["bias"], 0)
   np.testing.assert_allclose(out[:, 8:], hidden @ params["fc1"]["kernel"] + params["fc1"]["bias"],
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hierarchical_z", [True, False])
+def test_generating_from_embeddings_matches_priors(hierarchical_z):
+  """G(z, prior) == G(z, embedding=embed(prior)) == G(z, per-block copies of it)."""
+  generator = _tiny_generator(16, hierarchical_z=hierarchical_z)
+  z, prior = _normal(0, (3, generator.z_dim)), _normal(1, (3, PRIOR_DIM))
+  g_vars = generator.init(_init_key(2), z, prior)
+
+  @jax.jit
+  def three_ways(g_vars):
+    embedding = generator.apply(g_vars, prior, method="embed")
+    per_block = jnp.broadcast_to(embedding, (generator.num_blocks,) + embedding.shape)
+    return (generator.apply(g_vars, z, prior), generator.apply(g_vars, z, embedding=embedding),
+            generator.apply(g_vars, z, embedding=per_block), embedding)
+
+  from_prior, from_embedding, from_blocks, embedding = three_ways(g_vars)
+  assert embedding.shape == (3, 8)
+  params = g_vars["params"]["g_emb"]
+  np.testing.assert_allclose(embedding, prior @ params["kernel"] + params["bias"], rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(from_embedding, from_prior, atol=1e-6)
+  np.testing.assert_allclose(from_blocks, from_prior, atol=1e-6)
+  # Each block reads its own embedding: changing one changes the image.
+  other = jnp.stack([embedding, embedding + 1.0])
+  assert not np.allclose(generator.apply(g_vars, z, embedding=other), from_prior, atol=1e-4)
+  with pytest.raises(ValueError, match="exactly one"):
+    generator.apply(g_vars, z, prior, embedding=embedding)
+  with pytest.raises(ValueError, match="blocks"):
+    generator.apply(g_vars, z, embedding=jnp.stack([embedding] * 3))

@@ -33,22 +33,36 @@ D's fc has one output per class ([nlabels, 16 nf * 16]) and the authors pick the
 the label; ours has one output: `discriminator_class=k` keeps row k, the default None
 re-initialises it (seed `seed`), as the authors do. G's fc output and D's fc input are
 channel-major in both codes, so fc needs no reordering.
+
+Outputs. `convert_file` writes a flat .npz of the networks' params (`load_npz`).
+`convert_file_to_workdir` writes a checkpoint workdir that a finetune reads as
+`--config.init_checkpoint=DIR` (as `convert.stylegan2_ada` does for StyleGAN2): config =
+the given base config (configs/ps_pretrain.py:resnet) with model 'resnet' and the
+inferred resolution, resnet.nf and resnet.z_dim; state = {'step': 0, 'g_params': G,
+'g_ema_params': the checkpoint's 'generator_test' (GAN_stability's EMA copy, which AdaFM
+transfers) or G when absent, 'g_state': {}, 'd_params': D, 'd_state': {}}. A file
+without D gets a freshly initialised one (seed `seed`), with a warning: AdaFM's recipe
+freezes D's groups nearest the image, which would then stay random.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from gantransfer_jax import checkpoints
 from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import resnet_gan
 
@@ -57,6 +71,7 @@ StateDict = dict[str, np.ndarray]
 
 GENERATOR = "generator"
 DISCRIMINATOR = "discriminator"
+EMA_GENERATOR = "generator_test"  # GAN_stability's name for its averaged G.
 _DATA_PARALLEL_PREFIX = "module."
 _EMBEDDING = "embedding.weight"
 _MAX_LISTED = 20
@@ -99,12 +114,17 @@ def _network_of_bare(state_dict: StateDict) -> str:
   return GENERATOR if weight.shape[0] == 3 else DISCRIMINATOR
 
 
-def split_networks(arrays: StateDict, generator_key: str = GENERATOR) -> dict[str, StateDict]:
-  """{'generator', 'discriminator'} state dicts (either may be absent) from a flat dict."""
+def _by_top_level(arrays: StateDict) -> dict[str, StateDict]:
   by_top: dict[str, StateDict] = {}
   for key, array in arrays.items():
     top, _, name = key.partition(".")
     by_top.setdefault(top, {})[name] = array
+  return by_top
+
+
+def split_networks(arrays: StateDict, generator_key: str = GENERATOR) -> dict[str, StateDict]:
+  """{'generator', 'discriminator'} state dicts (either may be absent) from a flat dict."""
+  by_top = _by_top_level(arrays)
   if generator_key in by_top or DISCRIMINATOR in by_top:
     networks = {GENERATOR: by_top.get(generator_key), DISCRIMINATOR: by_top.get(DISCRIMINATOR)}
     return {k: _strip_data_parallel(v) for k, v in networks.items() if v}
@@ -112,14 +132,27 @@ def split_networks(arrays: StateDict, generator_key: str = GENERATOR) -> dict[st
   return {_network_of_bare(bare): bare}
 
 
-def read_networks(source: torch_pickle.PathOrFile,
-                  generator_key: str = GENERATOR) -> dict[str, StateDict]:
-  """The authors' G (required) and D (optional) state dicts, as numpy arrays."""
-  networks = split_networks(torch_pickle.flatten_arrays(torch_pickle.load(source)),
-                            generator_key)
+def ema_generator(arrays: StateDict) -> StateDict | None:
+  """The checkpoint's 'generator_test' state dict (GAN_stability's EMA G), or None."""
+  found = _by_top_level(arrays).get(EMA_GENERATOR)
+  return _strip_data_parallel(found) if found else None
+
+
+def _load_arrays(source: torch_pickle.PathOrFile) -> StateDict:
+  return torch_pickle.flatten_arrays(torch_pickle.load(source))
+
+
+def _require_generator(networks: dict[str, StateDict], generator_key: str) -> None:
   if GENERATOR not in networks:
     raise LayoutError(f"the file holds no generator (looked for '{generator_key}.*' keys or "
                       "a bare G state dict)")
+
+
+def read_networks(source: torch_pickle.PathOrFile,
+                  generator_key: str = GENERATOR) -> dict[str, StateDict]:
+  """The authors' G (required) and D (optional) state dicts, as numpy arrays."""
+  networks = split_networks(_load_arrays(source), generator_key)
+  _require_generator(networks, generator_key)
   return networks
 
 
@@ -274,3 +307,100 @@ def convert_file(source: str | os.PathLike, out: str | os.PathLike, *,
                                  discriminator_class=discriminator_class, seed=seed)
   save_npz(out, params, architecture)
   return architecture
+
+
+# ---- Checkpoint workdirs ------------------------------------------------------------------
+
+
+def model_config(base_config: ml_collections.ConfigDict, architecture: Architecture, *,
+                 source: str = "") -> ml_collections.ConfigDict:
+  """`base_config` (configs/ps_pretrain.py:resnet) with model 'resnet' and `architecture`."""
+  config = ml_collections.ConfigDict(base_config.to_dict())
+  config.model = "resnet"
+  config.resolution = architecture.resolution
+  if config.get("resnet") is None:
+    config.resnet = ml_collections.ConfigDict()
+  config.resnet.update(nf=architecture.nf, z_dim=architecture.z_dim)
+  config.converted_from = source
+  return config
+
+
+@functools.cache
+def _compiled_discriminator_init(architecture: Architecture):
+  # One compiled init, reused (op by op, each of D's initialisers compiles on its own).
+  return jax.jit(architecture.discriminator().init)
+
+
+def initial_discriminator(architecture: Architecture, seed: int = 0) -> PyTree:
+  """Freshly initialised D params (numpy), for files that hold no D.
+
+  The key is an 'rbg' key: XLA's RngBitGenerator compiles in seconds on CPU, where
+  threefry's per-parameter hashes take ~20 s; a fresh D is reproducible per seed on one
+  platform, and needs no more.
+  """
+  images = jnp.zeros((1, architecture.resolution, architecture.resolution, 3), jnp.float32)
+  key = jax.random.key(seed, impl="rbg")
+  params = _compiled_discriminator_init(architecture)(key, images)["params"]
+  return jax.tree.map(np.asarray, params)
+
+
+def convert_checkpoint(networks: Mapping[str, StateDict], base_config: ml_collections.ConfigDict,
+                       *, ema: StateDict | None = None, source: str = "",
+                       discriminator_class: int | None = None,
+                       seed: int = 0) -> tuple[ml_collections.ConfigDict, dict[str, PyTree]]:
+  """(config, checkpoint state) of the authors' networks (module docstring, Outputs).
+
+  Args:
+    networks: from `read_networks`: G, and D when the file has one (else a fresh D).
+    base_config: the config to complete (configs/ps_pretrain.py:resnet).
+    ema: the EMA G's state dict (`ema_generator`); None: G serves as G_ema too.
+    source: recorded as `config.converted_from`.
+    discriminator_class, seed: as for `convert`; `seed` also initialises a missing D.
+  """
+  params, architecture = convert(networks, discriminator_class=discriminator_class, seed=seed)
+  g_ema = params[GENERATOR]
+  if ema is not None:
+    try:
+      g_ema = convert_network(ema, GENERATOR, architecture, seed=seed)
+    except LayoutError as error:
+      raise LayoutError(f"'{EMA_GENERATOR}' (the EMA generator): {error}") from None
+  d_params = params.get(DISCRIMINATOR)
+  if d_params is None:
+    warnings.warn(f"the file holds no discriminator: D is initialised from seed {seed}, so a "
+                  "finetune that freezes D's groups (adafm.general_d) freezes random weights",
+                  stacklevel=2)
+    d_params = initial_discriminator(architecture, seed)
+  state = {
+      "step": np.zeros((), np.int32),
+      "g_params": params[GENERATOR],
+      "g_ema_params": g_ema,
+      "g_state": {},
+      "d_params": d_params,
+      "d_state": {},
+  }
+  return model_config(base_config, architecture, source=source), state
+
+
+def convert_file_to_workdir(source: str | os.PathLike, workdir: str | os.PathLike,
+                            base_config: ml_collections.ConfigDict, *,
+                            generator_key: str = GENERATOR,
+                            discriminator_class: int | None = None,
+                            seed: int = 0) -> ml_collections.ConfigDict:
+  """Converts the authors' checkpoint into checkpoint 0 of a new workdir; returns its config.
+
+  Raises:
+    FileExistsError: `workdir` already holds checkpoints (nothing is written).
+    LayoutError: the file does not fit (the message names `source`).
+  """
+  source = os.path.abspath(os.fspath(source))
+  try:
+    arrays = _load_arrays(source)
+    networks = split_networks(arrays, generator_key)
+    _require_generator(networks, generator_key)
+    config, state = convert_checkpoint(networks, base_config, ema=ema_generator(arrays),
+                                       source=source, discriminator_class=discriminator_class,
+                                       seed=seed)
+  except LayoutError as error:
+    raise LayoutError(f"{source}: {error}") from None
+  checkpoints.save_new_workdir(os.fspath(workdir), state, config)
+  return config

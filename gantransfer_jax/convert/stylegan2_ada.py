@@ -61,7 +61,7 @@ equalized-learning-rate parameters. D's fc needs no reordering of its 16 C input
 because our epilogue flattens channel-major, as torch's NCHW flatten does.
 
 Checkpoint state (`WORKDIR/checkpoints/0/state`): {'step': 0, 'g_params': G params,
-'g_ema_params': G_ema params, 'g_stats': {'w_avg'} of G_ema, 'g_noise_consts': G_ema's
+'g_ema_params': G_ema params, 'g_state': {'stats': {'w_avg'}} of G_ema, 'g_noise_consts': G_ema's
 noise_consts collection, 'd_params': D params}. 'g_noise_consts' is an extra entry that
 `checkpoints.restore_params` ignores; it lets `noise_mode='const'` reproduce the official
 network's deterministic images. Dropped: every `*.resample_filter` buffer (fixed FIR
@@ -87,7 +87,7 @@ from flax import traverse_util
 
 from gantransfer_jax import checkpoints
 from gantransfer_jax.metrics import torch_pickle
-from gantransfer_jax.models import build_models
+from gantransfer_jax.models import gan as gan_lib
 
 PyTree = Any
 StateDict = dict[str, np.ndarray]
@@ -225,7 +225,8 @@ def model_config(base_config: ml_collections.ConfigDict, architecture: Architect
 
 def expected_variables(config: ml_collections.ConfigDict) -> dict[str, PyTree]:
   """{'G', 'D'}: the ShapeDtypeStruct variables `init` gives for `config` (no compute)."""
-  generator, discriminator = build_models(config)
+  gan = gan_lib.build_gan(config)
+  generator, discriminator = gan.generator, gan.discriminator
   z = jnp.zeros((1, generator.z_dim), jnp.float32)
   images = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
   rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
@@ -356,22 +357,17 @@ def convert(networks: Mapping[str, StateDict], base_config: ml_collections.Confi
       "step": np.zeros((), np.int32),
       "g_params": g["params"],
       "g_ema_params": g_ema["params"],
-      "g_stats": g_ema["stats"],
+      "g_state": {"stats": g_ema["stats"]},
       "g_noise_consts": g_ema["noise_consts"],
       "d_params": d["params"],
+      "d_state": {},
   }
   return config, state
 
 
 def save(workdir: str, state: dict[str, PyTree], config: ml_collections.ConfigDict) -> str:
   """Writes `state` and `config` as checkpoint 0 of a new workdir; returns its folder."""
-  directory = os.path.join(os.path.abspath(workdir), checkpoints.CHECKPOINT_DIR)
-  if os.path.isdir(directory) and os.listdir(directory):
-    raise FileExistsError(f"{directory} already holds checkpoints; convert into a new workdir")
-  checkpointer = checkpoints.Checkpointer(workdir, keep=1)
-  checkpointer.save(int(state["step"]), state, config)
-  checkpointer.close()
-  return os.path.join(directory, str(int(state["step"])))
+  return checkpoints.save_new_workdir(workdir, state, config)
 
 
 def convert_file(source: str | os.PathLike, workdir: str,

@@ -3,6 +3,12 @@
 Low-shot datasets are tens to thousands of images, so the whole set is decoded
 once into memory. Files are read (never written) with Pillow in sorted path
 order, so the same folder always gives the same array.
+
+A labelled folder (load_labelled_image_folder) is the same files with one more
+rule: every image lies in a class subfolder, PATH/CLASS/.../IMAGE, and its label
+is CLASS's index among the class names sorted by name. Its images are in the
+same order as load_image_folder's, so a labelled and an unlabelled load of one
+folder agree image for image.
 """
 
 from __future__ import annotations
@@ -92,6 +98,37 @@ def load_image(path: str, resolution: int) -> np.ndarray:
     return fit_image(ImageOps.exif_transpose(image), resolution)
 
 
+def _check_folder(path: str, resolution: int) -> None:
+  if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
+    raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"image folder {path!r} does not exist")
+  if not os.path.isdir(path):
+    raise ValueError(f"{path!r} is not a folder")
+
+
+def _load_files(files: list[str], resolution: int, path: str) -> tuple[np.ndarray, list[int]]:
+  """Decodes `files` (found under `path`): the images and the indices of the readable files.
+
+  The indices let callers keep per-file data (labels) aligned with the images when
+  unreadable files are skipped.
+  """
+  images, kept, skipped = [], [], []
+  for i, file in enumerate(files):
+    try:
+      images.append(load_image(file, resolution))
+      kept.append(i)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+      skipped.append(f"{file} ({type(error).__name__}: {error})")
+  if not images:
+    raise ValueError(f"none of the {len(files)} image files under {path!r} is readable:\n  "
+                     + "\n  ".join(skipped))
+  if skipped:
+    warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {path!r}:\n  "
+                  + "\n  ".join(skipped), stacklevel=3)
+  return np.stack(images), kept
+
+
 def load_image_folder(path: str, resolution: int, *, recursive: bool = True) -> np.ndarray:
   """Every image under `path` as uint8 [N, R, R, 3], in sorted path order.
 
@@ -106,26 +143,65 @@ def load_image_folder(path: str, resolution: int, *, recursive: bool = True) -> 
     ValueError: `path` is not a folder, holds no image files, none of them is
       readable, or `resolution` is not a positive integer.
   """
-  if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
-    raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"image folder {path!r} does not exist")
-  if not os.path.isdir(path):
-    raise ValueError(f"{path!r} is not a folder")
+  _check_folder(path, resolution)
   files = list_image_files(path, recursive=recursive)
   if not files:
     raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path!r}"
                      + ("" if recursive else " (recursive=False)"))
-  images, skipped = [], []
-  for file in files:
-    try:
-      images.append(load_image(file, resolution))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-      skipped.append(f"{file} ({type(error).__name__}: {error})")
-  if not images:
-    raise ValueError(f"none of the {len(files)} image files under {path!r} is readable:\n  "
-                     + "\n  ".join(skipped))
-  if skipped:
-    warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {path!r}:\n  "
-                  + "\n  ".join(skipped), stacklevel=2)
-  return np.stack(images)
+  return _load_files(files, resolution, path)[0]
+
+
+def check_class_folders(path: str) -> None:
+  """Cheaply (top level only) checks that `path` is laid out as PATH/CLASS/IMAGE.
+
+  Raises:
+    ValueError: `path` has no subfolder at all, or holds image files directly (they
+      would have no class); the message names `path`.
+  """
+  loose = list_image_files(path, recursive=False)
+  layout = os.path.join(path, "CLASS", "IMAGE")
+  if not any(entry.is_dir() for entry in os.scandir(path)):
+    holds = f" (its {len(loose)} image file(s) lie directly in it)" if loose else ""
+    raise ValueError(
+        f"labelled image folder {path!r} has no class subfolders{holds}: with labels, the "
+        f"images must lie in one subfolder per class, {layout}")
+  if loose:
+    shown = ", ".join(os.path.basename(file) for file in loose[:3])
+    more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
+    raise ValueError(
+        f"labelled image folder {path!r} holds {len(loose)} image file(s) directly ({shown}"
+        f"{more}): with labels, every image must lie in a class subfolder, {layout}; "
+        "move them into one")
+
+
+def class_of(file: str, path: str) -> str:
+  """The class of an image file under a labelled folder: its first folder under `path`."""
+  return os.path.relpath(file, path).split(os.sep)[0]
+
+
+def load_labelled_image_folder(path: str, resolution: int
+                               ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """(images uint8 [N, R, R, 3], labels int32 [N], class names) of PATH/CLASS/.../IMAGE.
+
+  A class is an immediate subfolder of `path` holding at least one image file (at any
+  depth); classes are sorted by name (string order, so '10' sorts before '2') and a
+  label is its class's index. Images are decoded exactly as load_image_folder does, in
+  the same (sorted path) order; unreadable files are skipped with their labels.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: as load_image_folder, or an image lies directly in `path` (no class),
+      or `path` has no class subfolder.
+  """
+  _check_folder(path, resolution)
+  check_class_folders(path)
+  files = list_image_files(path)
+  if not files:
+    raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class "
+                     f"subfolders of {path!r}")
+  classes = [class_of(file, path) for file in files]
+  class_names = tuple(sorted(set(classes)))
+  index = {name: i for i, name in enumerate(class_names)}
+  images, kept = _load_files(files, resolution, path)
+  labels = np.array([index[classes[i]] for i in kept], np.int32)
+  return images, labels, class_names

@@ -144,6 +144,12 @@ class Generator(nn.Module):
   """G(z, prior): [N, z_dim], [N, prior_dim] -> images [N, resolution, resolution, 3] in
   [-1, 1].
 
+  Inference-time DIP tools (`gantransfer_jax.dip`) work in the conditional space, so G
+  also takes `embedding=` in place of the prior: sampling from K-means centroids or a
+  GMM fitted on G_emb(priors) produces embeddings with no prior behind them, and
+  inversion optimises one embedding per block (paper 003, appendix C). `embed(prior)`
+  is G_emb alone, so G(z, prior) == G(z, embedding=embed(prior)).
+
   Attributes:
     resolution: output size, 4 * 2^k (32, 64, 128, ...).
     z_dim: latent size; with `hierarchical_z` split evenly into one chunk for the 4 x 4
@@ -164,19 +170,57 @@ class Generator(nn.Module):
   hierarchical_z: bool = True
   out_channels: int = 3
 
+  def setup(self):
+    # Declared in setup (not inline in the compact __call__) so that `embed` can reach
+    # it; the parameter path stays 'g_emb'.
+    self.g_emb = nn.Dense(self.embedding_dim)
+
+  @property
+  def num_blocks(self) -> int:
+    """Residual (upsampling) blocks, hence per-block embeddings `__call__` takes."""
+    return num_upsamplings(self.resolution)
+
+  def embed(self, prior: jax.Array) -> jax.Array:
+    """G_emb(prior): [N, prior_dim] -> [N, embedding_dim]. An affine map with no state, so
+    it is the same in train and eval mode."""
+    return self.g_emb(prior)
+
   @nn.compact
-  def __call__(self, z: jax.Array, prior: jax.Array, train: bool = False) -> jax.Array:
-    blocks = num_upsamplings(self.resolution)
+  def __call__(self, z: jax.Array, prior: jax.Array | None = None, train: bool = False, *,
+               embedding: jax.Array | None = None) -> jax.Array:
+    """Images from z and either the prior or its embedding.
+
+    Args:
+      z: [N, z_dim] latents.
+      prior: [N, prior_dim] priors C(x), embedded by G_emb; or None when `embedding`
+        is given.
+      train: update batch statistics and power iterations (apply with
+        mutable=['batch_stats']).
+      embedding: instead of `prior`, the conditional input itself: [N, embedding_dim]
+        shared by every block, or [num_blocks, N, embedding_dim], one per block.
+    """
+    blocks = self.num_blocks
     multipliers = _multipliers(DEFAULT_G_MULTIPLIERS, self.channel_multipliers,
                                self.resolution, blocks + 1)
-    embedding = nn.Dense(self.embedding_dim, name="g_emb")(prior)
+    if (prior is None) == (embedding is None):
+      raise ValueError("pass exactly one of prior and embedding")
+    if embedding is None:
+      embeddings = [self.embed(prior)] * blocks
+    elif embedding.ndim == 2:
+      embeddings = [embedding] * blocks
+    elif embedding.ndim == 3 and embedding.shape[0] == blocks:
+      embeddings = list(embedding)
+    else:
+      raise ValueError(f"embedding must be [N, E] or [{blocks} blocks, N, E], "
+                       f"got shape {embedding.shape}")
     if self.hierarchical_z:
       if self.z_dim % (blocks + 1):
         raise ValueError(f"z_dim {self.z_dim} does not split into {blocks + 1} chunks")
       z_input, *z_blocks = jnp.split(z, blocks + 1, axis=-1)
-      conditions = [jnp.concatenate([embedding, chunk], axis=-1) for chunk in z_blocks]
+      conditions = [jnp.concatenate([e, chunk], axis=-1)
+                    for e, chunk in zip(embeddings, z_blocks)]
     else:
-      z_input, conditions = z, [embedding] * blocks
+      z_input, conditions = z, embeddings
 
     channels = self.width * multipliers[0]
     x = SNDense(4 * 4 * channels, name="linear")(z_input, train)

@@ -12,7 +12,7 @@ from absl import logging
 from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
-from gantransfer_jax.models import build_models
+from gantransfer_jax.models import gan as gan_lib
 
 
 def _run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -21,7 +21,8 @@ def _run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   run = ml_collections.ConfigDict(saved.to_dict())
   run.seed = config.seed
   run.eval_num_images = config.num_samples
-  run.stylegan2.truncation_psi = config.truncation_psi
+  if "stylegan2" in run:
+    run.stylegan2.truncation_psi = config.truncation_psi
   run.data.source = config.data
   run.data.num_images = config.num_reference
   return run
@@ -31,16 +32,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.checkpoint:
     raise ValueError("set --config.checkpoint=WORKDIR_OR_CHECKPOINT")
   run_config = _run_config(config)
-  _, params = checkpoints.restore_params(config.checkpoint)
+  train_config, params = checkpoints.restore_params(config.checkpoint)
   mesh = parallel.create_mesh()
-  generator, _ = build_models(run_config)
+  gan = gan_lib.build_gan(run_config)
   os.makedirs(workdir, exist_ok=True)
+  cache_dir = os.path.join(workdir, "data_cache")
   evaluator = evaluation.Evaluator(
-      run_config, generator, mesh, num_images=config.num_samples,
-      num_reference=config.num_reference or None, k=config.k,
-      cache_dir=os.path.join(workdir, "data_cache"))
+      run_config, gan, mesh, num_images=config.num_samples,
+      num_reference=config.num_reference or None, k=config.k, cache_dir=cache_dir,
+      sample_cond=evaluation.condition_sampler(train_config, gan, cache_dir))
   params_on_mesh = jax.device_put(
-      (params["generator_ema"], params["generator_stats"]), parallel.replicated(mesh))
+      (params["generator_ema"], params["generator_state"]), parallel.replicated(mesh))
   scores = evaluator(*params_on_mesh)
   report = {
       "checkpoint": os.path.abspath(config.checkpoint),

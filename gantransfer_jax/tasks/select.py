@@ -45,7 +45,7 @@ from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
 from gantransfer_jax.metrics import inception
-from gantransfer_jax.models import build_models
+from gantransfer_jax.models import gan as gan_lib
 
 GENERATED = "generated"
 SOURCE_DATA = "source_data"
@@ -120,7 +120,8 @@ def _scoring_config(config: ml_collections.ConfigDict, candidate: Candidate,
   run.resolution = resolution
   run.data = data
   run.eval_num_images = config.num_samples
-  run.stylegan2.truncation_psi = config.truncation_psi
+  if "stylegan2" in run:
+    run.stylegan2.truncation_psi = config.truncation_psi
   return run
 
 
@@ -149,17 +150,18 @@ def _generated_features(config: ml_collections.ConfigDict, candidate: Candidate,
                         run_config: ml_collections.ConfigDict, mesh, feature_fn: FeatureFn,
                         *, cache_dir: str, stats_cache_dir: str | None) -> np.ndarray:
   """Features of `num_samples` images of the candidate's EMA generator."""
-  generator, _ = build_models(candidate.config)
-  if generator.resolution != run_config.resolution:
-    warnings.warn(f"{candidate.path} generates {generator.resolution}px images: resized to "
+  gan = gan_lib.build_gan(candidate.config)
+  if gan.resolution != run_config.resolution:
+    warnings.warn(f"{candidate.path} generates {gan.resolution}px images: resized to "
                   f"the target's {run_config.resolution}px before scoring", stacklevel=3)
     feature_fn = _resized(feature_fn, run_config.resolution)
   evaluator = evaluation.Evaluator(
-      run_config, generator, mesh, num_images=config.num_samples,
+      run_config, gan, mesh, num_images=config.num_samples,
       num_reference=config.num_reference or None, feature_fn=feature_fn,
-      cache_dir=cache_dir, stats_cache_dir=stats_cache_dir)
+      cache_dir=cache_dir, stats_cache_dir=stats_cache_dir,
+      sample_cond=evaluation.condition_sampler(candidate.config, gan, cache_dir))
   _, params = checkpoints.restore_params(candidate.path)
-  variables = jax.device_put((params["generator_ema"], params["generator_stats"]),
+  variables = jax.device_put((params["generator_ema"], params["generator_state"]),
                              parallel.replicated(mesh))
   return evaluator.generated_features(*variables)
 

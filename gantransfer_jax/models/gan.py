@@ -1,0 +1,469 @@
+"""One interface over the model families, so one train step serves them all.
+
+A `Gan` wraps a generator and a discriminator (flax modules) and says how a family is
+initialised, run while training, sampled at inference, frozen and transferred:
+
+  family     generator                          discriminator            paper
+  stylegan2  StyleGAN2 (mapping + synthesis)    StyleGAN2 resnet D       001, 004
+  resnet     GAN_stability ResNet G             GAN_stability ResNet D   002 (its source)
+  adafm      SmallHead + frozen ResNet groups   GAN_stability ResNet D   002
+  sngan      SNGAN/BigGAN G with cond. BN       projection D             003, 001 (CIFAR)
+
+Variables are split into trainable `params` and everything else, the family's *state*
+(`{'stats': {'w_avg'}}` for StyleGAN2, `{'batch_stats': ...}` for SNGAN's batch norm and
+spectral-norm power iterations, `{}` for the ResNet families). The train step carries
+state beside the params; `variables(params, state)` rebuilds what `apply` wants.
+
+Conditioning: `cond` is None for unconditional families and a float [B, cond_dim] for
+`sngan`: a data instance prior C(x) (DIP) or a one-hot class label (conditional CIFAR
+track). An unconditional `sngan` (cond_dim 0) sees a constant zero condition, which
+makes its projection term vanish: the plain SNGAN baseline of paper 003.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from gantransfer_jax import adafm as adafm_lib
+from gantransfer_jax import losses
+
+Array = jax.Array
+Params = Any
+State = dict[str, Any]
+Prefix = tuple[str, ...]
+
+FAMILIES = ("stylegan2", "resnet", "adafm", "sngan")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenPrefixes:
+  """Parameter-path prefixes that stay fixed (see gantransfer_jax.freezing)."""
+  generator: tuple[Prefix, ...] = ()
+  discriminator: tuple[Prefix, ...] = ()
+
+
+def variables(params: Params, state: State) -> dict[str, Any]:
+  return {"params": params, **state}
+
+
+def split_variables(all_variables: dict[str, Any]) -> tuple[Params, State]:
+  state = {name: value for name, value in all_variables.items() if name != "params"}
+  return all_variables["params"], state
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Gan:
+  """Base: an unconditional pair whose generator is `G(z)` and discriminator `D(x)`.
+
+  Subclasses override what differs. Every method is pure and traceable.
+  """
+
+  generator: Any
+  discriminator: Any
+  config: ml_collections.ConfigDict
+  cond_dim: int = 0
+
+  supports_path_length = False
+
+  @property
+  def z_dim(self) -> int:
+    return self.generator.z_dim
+
+  @property
+  def resolution(self) -> int:
+    return self.config.resolution
+
+  # ---- Initialisation and transfer ----
+
+  def init(self, key: Array) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(generator variables, discriminator variables) for a fresh model."""
+    k_g, k_noise, k_d = jax.random.split(key, 3)
+    z = jnp.zeros((1, self.z_dim), jnp.float32)
+    images = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
+    return (self.generator.init({"params": k_g, "noise": k_noise}, z),
+            self.discriminator.init(k_d, images))
+
+  def transfer(self, fresh: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
+    """The train-state fields a finetune starts from.
+
+    Args:
+      fresh: a freshly initialised model's 'g_params', 'g_state', 'd_params', 'd_state'.
+      pretrained: `checkpoints.restore_params` of the source checkpoint.
+
+    Default: the pretrained G, G_ema, G state and D as they are (TransferGAN, FreezeD).
+    """
+    del fresh
+    return {"g_params": pretrained["generator"], "g_ema_params": pretrained["generator_ema"],
+            "g_state": pretrained["generator_state"],
+            "d_params": pretrained["discriminator"],
+            "d_state": pretrained["discriminator_state"]}
+
+  def frozen_prefixes(self) -> FrozenPrefixes:
+    return FrozenPrefixes()
+
+  def generator_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The optimizer of G's trainable params (AdaFM adds the modulation's warm-up)."""
+    return tx
+
+  # ---- Forward passes ----
+
+  def generate(self, g_params: Params, g_state: State, z: Array, cond: Array | None,
+               key: Array) -> tuple[Array, State]:
+    """Training-mode generation: (images, updated state)."""
+    del cond
+    images = self.generator.apply(variables(g_params, g_state), z, rngs={"noise": key})
+    return images, g_state
+
+  def discriminate(self, d_params: Params, d_state: State, images: Array,
+                   cond: Array | None) -> tuple[Array, State]:
+    """Training-mode logits [B] and updated state."""
+    del cond
+    return self.discriminator.apply(variables(d_params, d_state), images), d_state
+
+  def sample(self, g_params: Params, g_state: State, z: Array, cond: Array | None,
+             key: Array) -> Array:
+    """Inference-mode images (what evaluation and sample grids show)."""
+    return self.generate(g_params, g_state, z, cond, key)[0]
+
+
+class StyleGAN2Gan(Gan):
+  """StyleGAN2: style mixing and the w_avg update while training; truncation at sampling."""
+
+  supports_path_length = True
+
+  def map_latents(self, g_vars, z: Array, key: Array, update_w_avg: bool) -> tuple[Array, State]:
+    """z -> ws with style mixing, as the official loss does for every generated batch."""
+    from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+
+    generator = self.generator
+    k_z2, k_mix = jax.random.split(key)
+    ws, mutated = generator.apply(g_vars, z, update_w_avg=update_w_avg, method=generator.map,
+                                  mutable=["stats"])
+    mixing_prob = self.config.loss.style_mixing_prob
+    if mixing_prob > 0:
+      z_other = jax.random.normal(k_z2, z.shape, z.dtype)
+      ws_other = generator.apply(g_vars, z_other, method=generator.map)
+      ws = stylegan2.style_mix(k_mix, ws, ws_other, mixing_prob)
+    return ws, {**g_vars, **mutated}
+
+  def synthesize(self, g_vars, ws: Array, key: Array) -> Array:
+    generator = self.generator
+    return generator.apply(g_vars, ws, method=generator.synthesize, rngs={"noise": key})
+
+  def generate(self, g_params, g_state, z, cond, key):
+    del cond
+    k_map, k_noise = jax.random.split(key)
+    ws, g_vars = self.map_latents(variables(g_params, g_state), z, k_map, update_w_avg=True)
+    return self.synthesize(g_vars, ws, k_noise), split_variables(g_vars)[1]
+
+  def path_length_penalty(self, g_params, g_state, z: Array, key: Array, pl_mean: Array):
+    """(penalty, new pl_mean) of the StyleGAN2 path-length regulariser on latents z."""
+    k_map, k_noise, k_dir = jax.random.split(key, 3)
+    g_vars = variables(g_params, g_state)
+    ws, _ = self.map_latents(g_vars, z, k_map, update_w_avg=False)
+    return losses.path_length_penalty(
+        lambda w: self.synthesize(g_vars, w, k_noise), ws, k_dir, pl_mean,
+        decay=self.config.loss.pl_decay)
+
+  def sample(self, g_params, g_state, z, cond, key):
+    del cond
+    return self.generator.apply(variables(g_params, g_state), z,
+                                truncation_psi=self.config.stylegan2.truncation_psi,
+                                rngs={"noise": key})
+
+  def sample_mixed(self, g_params, g_state, z, z_mix, crossover, key) -> Array:
+    """Style mixing at inference: ws of z, with the ws of z_mix from layer `crossover`
+    (default: half of them) on; truncation as in `sample`."""
+    generator = self.generator
+    g_vars = variables(g_params, g_state)
+    psi = self.config.stylegan2.truncation_psi
+    ws = generator.apply(g_vars, z, truncation_psi=psi, method=generator.map)
+    ws_mix = generator.apply(g_vars, z_mix, truncation_psi=psi, method=generator.map)
+    crossover = ws.shape[1] // 2 if crossover is None else crossover
+    layer = jnp.arange(ws.shape[1])[None, :, None]
+    return self.synthesize(g_vars, jnp.where(layer < crossover, ws, ws_mix), key)
+
+  def frozen_prefixes(self) -> FrozenPrefixes:
+    """FreezeD: the `config.freeze_d` highest-resolution discriminator blocks (NOTES §6)."""
+    from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+
+    blocks = stylegan2.discriminator_block_names(self.resolution)
+    return FrozenPrefixes(discriminator=_first_blocks(blocks, self.config.get("freeze_d", 0),
+                                                      "freeze_d", self.resolution))
+
+
+def _first_blocks(blocks: list[str], num_frozen: int, field: str,
+                  resolution: int) -> tuple[Prefix, ...]:
+  if not 0 <= num_frozen < len(blocks):
+    raise ValueError(f"{field} must be in [0, {len(blocks) - 1}] at resolution "
+                     f"{resolution} (blocks {', '.join(blocks)}), got {num_frozen}")
+  return tuple((name,) for name in blocks[:num_frozen])
+
+
+def _general_split(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """AdaFM's GmDn: (general_g, general_d) groups nearest the image (0, 0 when unset)."""
+  section = config.get("adafm") or {}
+  return int(section.get("general_g", 0) or 0), int(section.get("general_d", 0) or 0)
+
+
+class ResNetGan(Gan):
+  """GAN_stability's ResNet GAN; GmDn freezes the groups nearest the image in G and D.
+
+  `config.adafm.general_g` / `general_d` (0 when absent) give m and n: with the original
+  head this is the paper's GPHead ablation; n alone is FreezeD for this family.
+  """
+
+  def frozen_prefixes(self) -> FrozenPrefixes:
+    from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
+
+    general_g, general_d = _general_split(self.config)
+    g_groups = resnet_gan.generator_group_names(self.resolution)
+    d_groups = resnet_gan.discriminator_group_names(self.resolution)
+    if general_g >= len(g_groups):
+      raise ValueError(f"adafm.general_g must be < {len(g_groups)} (G's groups at "
+                       f"{self.resolution}), got {general_g}")
+    if general_d >= len(d_groups):
+      raise ValueError(f"adafm.general_d must be < {len(d_groups)} (D's groups at "
+                       f"{self.resolution}), got {general_d}")
+    return FrozenPrefixes(
+        generator=tuple(resnet_gan.frozen_prefixes(g_groups, general_g)),
+        discriminator=tuple(resnet_gan.frozen_prefixes(d_groups, general_d)))
+
+  def init(self, key):
+    k_g, k_d = jax.random.split(key)
+    z = jnp.zeros((1, self.z_dim), jnp.float32)
+    images = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
+    return self.generator.init(k_g, z), self.discriminator.init(k_d, images)
+
+  def generate(self, g_params, g_state, z, cond, key):
+    del cond, key
+    return self.generator.apply(variables(g_params, g_state), z), g_state
+
+
+MODULATION = "modulation"
+GENERAL = "general"
+HEAD = "head"
+
+
+class AdaFMGan(Gan):
+  """AdaFM (paper 002): a SmallHead over a pretrained G's frozen, modulated general part.
+
+  G's params are `{'head': ..., 'general': {resnet_k..., conv_img}, 'modulation': ...}`:
+  the general part is frozen (no gradient, no optimizer state), the modulation
+  (`gantransfer_jax.adafm`; absent for kind 'none', the SmallHead ablation) is trained
+  after `config.adafm.warmup_steps`, the head from the start. D is the pretrained ResNet
+  D with its `general_d` groups nearest the image frozen.
+  """
+
+  @property
+  def spec(self) -> adafm_lib.Spec | None:
+    kind = self.config.adafm.kind
+    return None if kind == "none" else adafm_lib.Spec(kind=kind)
+
+  def _structure(self, flat_params: Params, general: Params | None = None) -> Params:
+    """AdaFMGenerator's flat params -> {'head', 'general'[, 'modulation']}."""
+    head = flat_params[HEAD]
+    if general is None:
+      general = {name: value for name, value in flat_params.items() if name != HEAD}
+    params = {HEAD: head, GENERAL: general}
+    if self.spec is not None:
+      params[MODULATION] = adafm_lib.init(general, self.spec)
+    return params
+
+  def _flat(self, g_params: Params) -> Params:
+    from gantransfer_jax.models import smallhead  # pylint: disable=g-import-not-at-top
+
+    return smallhead.generator_params(g_params[HEAD], g_params[GENERAL],
+                                      g_params.get(MODULATION))
+
+  def init(self, key):
+    k_g, k_noise, k_d = jax.random.split(key, 3)
+    z = jnp.zeros((1, self.z_dim), jnp.float32)
+    images = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
+    g_vars = self.generator.init({"params": k_g, "noise": k_noise}, z)
+    return ({**g_vars, "params": self._structure(g_vars["params"])},
+            self.discriminator.init(k_d, images))
+
+  def transfer(self, fresh, pretrained):
+    """Fresh head; general part from the pretrained EMA G (as frozen in G and G_ema).
+
+    The EMA weights are the better generator and the ones the authors sample with; the
+    frozen part must be the same in G and G_ema, so both take them.
+    """
+    from gantransfer_jax.models import smallhead  # pylint: disable=g-import-not-at-top
+
+    general = smallhead.general_part(pretrained["generator_ema"], self.resolution,
+                                     self.config.adafm.general_g)
+    g_params = self._structure({HEAD: fresh["g_params"][HEAD]}, general)
+    return {"g_params": g_params, "g_ema_params": g_params, "g_state": {},
+            "d_params": pretrained["discriminator"],
+            "d_state": pretrained["discriminator_state"]}
+
+  def frozen_prefixes(self) -> FrozenPrefixes:
+    from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
+
+    _, general_d = _general_split(self.config)
+    d_groups = resnet_gan.discriminator_group_names(self.resolution)
+    return FrozenPrefixes(generator=((GENERAL,),),
+                          discriminator=tuple(resnet_gan.frozen_prefixes(d_groups, general_d)))
+
+  def generator_optimizer(self, tx):
+    if self.spec is None:
+      return tx
+    warmup = adafm_lib.frozen_during_warmup(tx, self.config.adafm.warmup_steps)
+    labels = lambda params: {name: MODULATION if name == MODULATION else "rest"
+                             for name in params}
+    return optax.multi_transform({MODULATION: warmup, "rest": tx}, labels)
+
+  def generate(self, g_params, g_state, z, cond, key):
+    del cond
+    images = self.generator.apply(variables(self._flat(g_params), g_state), z,
+                                  rngs={"noise": key})
+    return images, g_state
+
+  def sample_mixed(self, g_params, g_state, z, z_mix, crossover, key) -> Array:
+    """Style mixing: AdaIN layers from `crossover` (default: half) on take w(z_mix)
+    (paper 002 Fig. 6)."""
+    if crossover is None:
+      from gantransfer_jax.models import smallhead  # pylint: disable=g-import-not-at-top
+      blocks = smallhead.first_general_group(self.resolution, self.config.adafm.general_g)
+      crossover = smallhead.ADAIN_PER_BLOCK * blocks // 2
+    return self.generator.apply(variables(self._flat(g_params), g_state), z, z_mix=z_mix,
+                                crossover=crossover, rngs={"noise": key})
+
+
+class SNGan(Gan):
+  """SNGAN/BigGAN with conditional BN and a projection D (DIP, paper 003; CIFAR track).
+
+  Both networks run in training mode while training: batch statistics normalise G, and
+  spectral norm's power iteration advances. G's state advances once per G step (the D
+  steps' fakes use batch statistics but do not update it); D's once per D step.
+  """
+
+  def _cond(self, cond: Array | None, batch: int) -> Array:
+    if cond is None:
+      return jnp.zeros((batch, max(self.cond_dim, 1)), jnp.float32)
+    return cond
+
+  def init(self, key):
+    k_g, k_d = jax.random.split(key)
+    z = jnp.zeros((2, self.z_dim), jnp.float32)
+    cond = self._cond(None, 2)
+    images = jnp.zeros((2, self.resolution, self.resolution, 3), jnp.float32)
+    return (self.generator.init(k_g, z, cond, train=False),
+            self.discriminator.init(k_d, images, cond, train=False))
+
+  def frozen_prefixes(self) -> FrozenPrefixes:
+    from gantransfer_jax.models import sngan  # pylint: disable=g-import-not-at-top
+
+    blocks = [f"blocks_{i}" for i in range(sngan.num_upsamplings(self.resolution) + 1)]
+    return FrozenPrefixes(discriminator=_first_blocks(blocks, self.config.get("freeze_d", 0),
+                                                      "freeze_d", self.resolution))
+
+  def transfer(self, fresh, pretrained):
+    """As TransferGAN, except the condition embeddings G_emb and D_emb when the source
+    was conditioned differently (e.g. unconditional, or on another prior or label set):
+    those start fresh, everything else is transferred."""
+    loaded = super().transfer(fresh, pretrained)
+    for name, fresh_name in (("g_params", "g_params"), ("g_ema_params", "g_params"),
+                             ("d_params", "d_params")):
+      loaded[name] = _keep_fresh_embeddings(fresh[fresh_name], loaded[name])
+    return loaded
+
+  def generate(self, g_params, g_state, z, cond, key):
+    del key
+    images, mutated = self.generator.apply(
+        variables(g_params, g_state), z, self._cond(cond, z.shape[0]), train=True,
+        mutable=["batch_stats"])
+    return images, {**g_state, **mutated}
+
+  def discriminate(self, d_params, d_state, images, cond):
+    logits, mutated = self.discriminator.apply(
+        variables(d_params, d_state), images, self._cond(cond, images.shape[0]), train=True,
+        mutable=["batch_stats"])
+    return logits, {**d_state, **mutated}
+
+  def sample(self, g_params, g_state, z, cond, key):
+    del key
+    return self.generator.apply(variables(g_params, g_state), z,
+                                self._cond(cond, z.shape[0]), train=False)
+
+
+_CONDITION_EMBEDDINGS = ("g_emb", "d_emb")
+
+
+def _keep_fresh_embeddings(fresh: Params, loaded: Params) -> Params:
+  """`loaded`, with condition-embedding leaves whose shape differs taken from `fresh`."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+
+  flat_fresh = traverse_util.flatten_dict(fresh)
+  flat = traverse_util.flatten_dict(loaded)
+  for path, value in flat.items():
+    if (any(name in path for name in _CONDITION_EMBEDDINGS) and path in flat_fresh
+        and flat_fresh[path].shape != value.shape):
+      flat[path] = flat_fresh[path]
+  return traverse_util.unflatten_dict(flat)
+
+
+def condition_dim(config: ml_collections.ConfigDict) -> int:
+  """Width of the condition vector: the prior's features, the classes, or 0."""
+  from gantransfer_jax import priors  # pylint: disable=g-import-not-at-top
+
+  prior = (config.get("dip") or {}).get("prior") or ""
+  if prior:
+    if prior not in priors.FEATURE_DIMS:
+      raise ValueError(f"dip.prior {prior!r} is unknown; valid: {sorted(priors.FEATURE_DIMS)}")
+    return priors.FEATURE_DIMS[prior]
+  return int(config.get("num_classes", 0) or 0)
+
+
+def build_gan(config: ml_collections.ConfigDict) -> Gan:
+  """The `Gan` of `config.model` at `config.resolution`."""
+  model = config.model
+  if model == "stylegan2":
+    from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+
+    cfg = config.stylegan2
+    generator = stylegan2.Generator(
+        resolution=config.resolution, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
+        mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
+        channel_max=cfg.channel_max)
+    discriminator = stylegan2.Discriminator(
+        resolution=config.resolution, channel_base=cfg.channel_base,
+        channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group_size)
+    return StyleGAN2Gan(generator, discriminator, config)
+  if model in ("resnet", "adafm"):
+    from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
+    from gantransfer_jax.models import smallhead  # pylint: disable=g-import-not-at-top
+
+    cfg = config.resnet
+    discriminator = resnet_gan.ResNetDiscriminator(config.resolution, nf=cfg.nf)
+    if model == "resnet":
+      generator = resnet_gan.ResNetGenerator(config.resolution, z_dim=cfg.z_dim, nf=cfg.nf)
+      return ResNetGan(generator, discriminator, config)
+    head = config.adafm
+    generator = smallhead.AdaFMGenerator(
+        config.resolution, z_dim=cfg.z_dim, nf=cfg.nf, num_general_groups=head.general_g,
+        head_features=head.head_features, style_dim=head.style_dim,
+        mapping_layers=head.mapping_layers)
+    return AdaFMGan(generator, discriminator, config)
+  if model == "sngan":
+    from gantransfer_jax.models import sngan  # pylint: disable=g-import-not-at-top
+
+    cfg = config.sngan
+    optional = lambda multipliers: tuple(multipliers) if multipliers else None
+    generator = sngan.Generator(
+        resolution=config.resolution, z_dim=cfg.z_dim, embedding_dim=cfg.embedding_dim,
+        width=cfg.g_width, channel_multipliers=optional(cfg.g_multipliers),
+        hierarchical_z=cfg.hierarchical_z)
+    discriminator = sngan.ProjectionDiscriminator(
+        resolution=config.resolution, width=cfg.d_width,
+        channel_multipliers=optional(cfg.d_multipliers))
+    return SNGan(generator, discriminator, config, cond_dim=condition_dim(config))
+  raise ValueError(f"unknown model {model!r}; valid: {', '.join(FAMILIES)}")
