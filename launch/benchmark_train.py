@@ -1,8 +1,10 @@
 r"""Steady-state training throughput and peak memory on the current backend.
 
   python launch/benchmark_train.py --presets=quick,paper --steps=20
+  python launch/benchmark_train.py --presets=resnet+quick,sngan+quick,cifar+quick
 
-For each preset of configs/ps_pretrain.py: builds the sharded train step exactly as
+For each preset of configs/ps_pretrain.py ('+' joins a model and a size, which the
+config file writes 'resnet,quick'): builds the sharded train step exactly as
 training does (synthesis, DiffAugment, R1 and path-length included on their
 schedule), compiles it, then times `--steps` steps after `--warmup` steps and
 prints images/s, ms/step, the memory XLA plans for the largest step variant, and
@@ -23,7 +25,9 @@ import jax
 from gantransfer_jax import parallel
 from gantransfer_jax import train
 
-_PRESETS = flags.DEFINE_list("presets", ["quick", "paper"], "ps_pretrain presets ('paper' = default).")
+_PRESETS = flags.DEFINE_list("presets", ["quick", "paper"],
+                             "ps_pretrain presets ('paper' = default; 'resnet+quick' = "
+                             "'resnet,quick').")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 4, "Untimed steps (compiles every step variant).")
 _COMPILE_ONLY = flags.DEFINE_bool(
@@ -65,7 +69,8 @@ def compiled_memory_gib(setup, config) -> float:
 
 
 def benchmark(preset: str) -> dict:
-  config = load_config_module("ps_pretrain").get_config("" if preset == "paper" else preset)
+  name = "" if preset == "paper" else preset.replace("+", ",")
+  config = load_config_module("ps_pretrain").get_config(name)
   for assignment in _SET.value:
     key, value = assignment.split("=", 1)
     try:

@@ -7,7 +7,6 @@ with one output per class), wrapped as GAN_stability checkpoints with DataParall
 as real torch files.
 """
 
-import importlib.util
 import os
 import pathlib
 import pickle
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from configs import finetune
+from configs import ps_pretrain
 from gantransfer_jax import checkpoints
 from gantransfer_jax.convert import gan_stability
 from gantransfer_jax.models import gan as gan_lib
@@ -42,16 +43,9 @@ def ours():
   return {name: _random_like(tree, seed) for seed, (name, tree) in enumerate(shapes.items())}
 
 
-def _load_config(name, preset=""):
-  spec = importlib.util.spec_from_file_location(f"{name}_config", _ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
-
-
 @pytest.fixture(scope="module")
 def base_config():
-  return _load_config("ps_pretrain", "resnet")
+  return ps_pretrain.get_config("resnet")
 
 
 def _conditional(ours, seed=10):
@@ -217,7 +211,7 @@ def test_workdir_is_a_checkpoint_a_finetune_starts_from(ours, base_config, tmp_p
                              rtol=1e-6, atol=1e-6)
   assert gan.discriminator.apply({"params": params["discriminator"]}, images).shape == (2,)
   # AdaFM's finetune config takes its model fields from the converted checkpoint.
-  inherited = checkpoints.inherit_model_config(_load_config("finetune", "adafm"), str(workdir))
+  inherited = checkpoints.inherit_model_config(finetune.get_config("adafm"), str(workdir))
   assert (inherited.model, inherited.resolution, inherited.resnet.nf) == ("adafm", 8, 4)
 
   with pytest.raises(FileExistsError, match="already holds checkpoints"):

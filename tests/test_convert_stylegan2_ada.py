@@ -10,7 +10,6 @@ the mapping itself.
 """
 
 import collections
-import importlib.util
 import os
 import pathlib
 import pickle
@@ -23,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import finetune
+from configs import ps_pretrain
 from gantransfer_jax import checkpoints
 from gantransfer_jax.convert import stylegan2_ada
 from gantransfer_jax.models import gan as gan_lib
@@ -35,16 +36,9 @@ TINY = stylegan2_ada.Architecture(resolution=8, z_dim=16, w_dim=16, mapping_laye
 _BUFFERS = ("w_avg", "noise_const", "resample_filter")
 
 
-def _load_config(name, preset=""):
-  spec = importlib.util.spec_from_file_location(f"{name}_config", _ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
-
-
 @pytest.fixture(scope="module")
 def base_config():
-  return _load_config("ps_pretrain")
+  return ps_pretrain.get_config()
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +279,7 @@ def test_workdir_is_a_checkpoint_of_ours(official, ours, base_config, tmp_path,
                              "g_ema_params": params["generator_ema"],
                              "g_state": params["generator_state"],
                              "d_params": params["discriminator"]}, ours)
-  finetune = _load_config("finetune", "transfergan")
-  inherited = checkpoints.inherit_model_config(finetune, workdir)
+  inherited = checkpoints.inherit_model_config(finetune.get_config("transfergan"), workdir)
   assert inherited.resolution == 8 and inherited.stylegan2.channel_base == TINY.channel_base
 
   # The converted model runs: const noise (official buffers), then D on the images.
