@@ -217,7 +217,10 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     if d_steps == 1:
       carry, d_metrics = step_d(carry, k_d)
     else:
-      carry, d_metrics = jax.lax.scan(step_d, carry, jax.random.split(k_d, d_steps))
+      # Unrolled: as a rolled loop XLA's CPU backend ran it 27x slower (sngan,quick with
+      # 4 D steps: 1.9 img/s rolled, 51.6 unrolled), and d_steps is small.
+      carry, d_metrics = jax.lax.scan(step_d, carry, jax.random.split(k_d, d_steps),
+                                      unroll=True)
       d_metrics = jax.tree.map(jnp.mean, d_metrics)
     d_params, d_state, d_opt_state = carry
 
