@@ -78,18 +78,19 @@ def uint8_to_float(images: jax.Array) -> jax.Array:
 def sample_from_array(images: jax.Array, key: jax.Array, batch_size: int, *,
                       hflip: bool) -> jax.Array:
   """Uniform sampling with replacement from a uint8 [N, R, R, 3] array on device."""
+  return _draw_images(images, key, batch_size, hflip)[0]
+
+
+def _draw_images(images: jax.Array, key: jax.Array, batch_size: int,
+                 hflip: bool) -> tuple[jax.Array, jax.Array]:
+  """(float images in [-1, 1], their indices): the indices also pick their conditions."""
   k_index, k_flip = jax.random.split(key)
-  return _gather_images(images, jax.random.randint(k_index, (batch_size,), 0, len(images)),
-                        k_flip, hflip)
-
-
-def _gather_images(images: jax.Array, index: jax.Array, key: jax.Array,
-                   hflip: bool) -> jax.Array:
+  index = jax.random.randint(k_index, (batch_size,), 0, len(images))
   batch = uint8_to_float(images[index])
   if hflip:
-    flip = jax.random.bernoulli(key, 0.5, (len(index), 1, 1, 1))
+    flip = jax.random.bernoulli(k_flip, 0.5, (batch_size, 1, 1, 1))
     batch = jnp.where(flip, batch[:, :, ::-1], batch)
-  return batch
+  return batch, index
 
 
 def _one_hot_cond(num_classes: int):
@@ -168,9 +169,8 @@ def make_sampler(config: ml_collections.ConfigDict, cache_dir: str | None = None
     return None
 
   def sample(data, key, batch):
-    k_index, k_flip = jax.random.split(key)
-    index = jax.random.randint(k_index, (batch,), 0, len(data["images"]))
-    out = {"images": _gather_images(data["images"], index, k_flip, hflip)}
+    images, index = _draw_images(data["images"], key, batch, hflip)
+    out = {"images": images}
     cond = cond_at(data, index)
     return out if cond is None else {**out, "cond": cond}
 

@@ -235,12 +235,6 @@ class ResNetGan(Gan):
         generator=tuple(resnet_gan.frozen_prefixes(g_groups, general_g)),
         discriminator=tuple(resnet_gan.frozen_prefixes(d_groups, general_d)))
 
-  def init(self, key):
-    k_g, k_d = jax.random.split(key)
-    z = jnp.zeros((1, self.z_dim), jnp.float32)
-    images = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
-    return self.generator.init(k_g, z), self.discriminator.init(k_d, images)
-
   def generate(self, g_params, g_state, z, cond, key):
     del cond, key
     return self.generator.apply(variables(g_params, g_state), z), g_state
@@ -283,12 +277,8 @@ class AdaFMGan(Gan):
                                       g_params.get(MODULATION))
 
   def init(self, key):
-    k_g, k_noise, k_d = jax.random.split(key, 3)
-    z = jnp.zeros((1, self.z_dim), jnp.float32)
-    images = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
-    g_vars = self.generator.init({"params": k_g, "noise": k_noise}, z)
-    return ({**g_vars, "params": self._structure(g_vars["params"])},
-            self.discriminator.init(k_d, images))
+    g_vars, d_vars = super().init(key)
+    return {**g_vars, "params": self._structure(g_vars["params"])}, d_vars
 
   def transfer(self, fresh, pretrained):
     """Fresh head; general part from the pretrained EMA G (as frozen in G and G_ema).
