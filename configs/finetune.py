@@ -1,6 +1,6 @@
 r"""Finetuning on a small real image set (papers 001-004; NOTES §2-§6).
 
-Presets: `--config=configs/finetune.py:METHOD[,quick]`
+Presets: `--config=configs/finetune.py:METHOD[,stylegan2][,quick]`
 
   StyleGAN2 (papers 001, 004), from a `ps_pretrain.py` checkpoint:
     scratch      random initialisation (+ DiffAugment): the papers' baseline.
@@ -20,6 +20,11 @@ Presets: `--config=configs/finetune.py:METHOD[,quick]`
     dip_diffaug  DIP + DiffAugment.
     dip_freezed  DIP + FreezeD from a `ps_pretrain.py:sngan` checkpoint (its condition
                  embeddings start fresh).
+  ,stylegan2     DIP's StyleGAN2 variant of each (paper 003, appendix A/B): G_emb a
+                 2-layer MLP into the mapping network, projection term in D, StyleGAN2's
+                 own loss (non-saturating + R1, as the DiffAugment and FreezeD StyleGAN2
+                 code the paper ran); batch 16 (8 for FreezeD), 20k steps.
+                 `dip_freezed,stylegan2` starts from a `ps_pretrain.py` checkpoint.
   The conditional CIFAR track (paper 001):
     cifar        finetune a `ps_pretrain.py:cifar` checkpoint on a labelled set
                  (tfds:cifar10 with a 10% subset by default; `data.fraction` 0.1/0.2/1.0).
@@ -33,35 +38,49 @@ command line must agree with it.
       --config.init_checkpoint=workdirs/resnet_pretrain --config.data.source=folder:/my/images
 """
 
-import importlib.util
 import os
 
 import ml_collections
 from ml_collections import config_dict
 
+from gantransfer_jax import config_files
+
 STYLEGAN2_METHODS = ("scratch", "transfergan", "freezed")
 ADAFM_METHODS = ("adafm", "fs", "smallhead", "gphead")
 DIP_METHODS = ("dip", "dip_diffaug", "dip_freezed")
+MODIFIERS = ("stylegan2", "quick")
 METHODS = STYLEGAN2_METHODS + ADAFM_METHODS + DIP_METHODS + ("cifar",)
 # Methods that start from `init_checkpoint` (validation requires it).
 TRANSFER_METHODS = ("transfergan", "freezed", "dip_freezed", "cifar") + ADAFM_METHODS
 
 
-def _pretrain_module():
-  # Config files are loaded by path, not as a package: import the sibling by path too.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ps_pretrain.py")
-  spec = importlib.util.spec_from_file_location("ps_pretrain_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _parse(preset: str) -> tuple[str, bool, bool]:
+  """'METHOD[,stylegan2][,quick]' -> (method, stylegan2, quick)."""
+  method, *modifiers = preset.split(",")
+  if (method not in METHODS or any(m not in MODIFIERS for m in modifiers)
+      or len(set(modifiers)) < len(modifiers)):
+    raise ValueError(f"unknown preset {preset!r}; valid: METHOD[,stylegan2][,quick] with "
+                     f"METHOD one of {', '.join(METHODS)}")
+  stylegan2 = "stylegan2" in modifiers
+  if stylegan2 and method not in DIP_METHODS:
+    raise ValueError(f"',stylegan2' selects DIP's StyleGAN2 variant: it needs one of "
+                     f"{', '.join(DIP_METHODS)}, not {method!r} (the StyleGAN2 baselines "
+                     f"are {', '.join(STYLEGAN2_METHODS)})")
+  return method, stylegan2, "quick" in modifiers
 
 
-def _base_model(method: str) -> str:
+def pretrain_preset(preset: str) -> str:
+  """The `ps_pretrain.py` preset a finetune preset builds on (and whose checkpoint its
+  transfer methods start from): 'adafm,quick' -> 'resnet,quick', 'dip_freezed' ->
+  'sngan', 'dip_freezed,stylegan2' -> '' (the StyleGAN2 recipe)."""
+  method, stylegan2, quick = _parse(preset)
   if method in ADAFM_METHODS:
-    return "resnet"
-  if method in DIP_METHODS:
-    return "sngan"
-  return "cifar" if method == "cifar" else ""
+    model = "resnet"
+  elif method in DIP_METHODS:
+    model = "" if stylegan2 else "sngan"
+  else:
+    model = "cifar" if method == "cifar" else ""
+  return ",".join(p for p in (model, "quick" if quick else "") if p)
 
 
 def _inherit_model_fields(config: ml_collections.ConfigDict, section: str) -> None:
@@ -90,29 +109,34 @@ def _adafm(config: ml_collections.ConfigDict, method: str, quick: bool) -> None:
   config.augment = ""  # AdaFM trains without DiffAugment.
 
 
-def _dip(config: ml_collections.ConfigDict, method: str) -> None:
-  """DIP's few-shot recipe (NOTES §4): SNGAN 128, batch 25, 4 D steps, lr 2e-4, 30k steps."""
+def _dip(config: ml_collections.ConfigDict, method: str, stylegan2: bool,
+         quick: bool) -> None:
+  """DIP's few-shot recipes (NOTES §4; paper 003 appendix): SNGAN 128, batch 25, 4 D
+  steps, lr 2e-4, 30k steps; or StyleGAN2, batch 16 (FreezeD: 8), 20k steps."""
   config.dip = ml_collections.ConfigDict(dict(
       # Deviation: the paper's priors are VGG16 / SimCLR features, which have no offline
       # weights here; torchvision's ImageNet MobileNetV2 (NOTES §8) takes their place.
       prior="mobilenet_v2",
   ))
-  config.total_steps = 30_000
+  config.total_steps = 20_000 if stylegan2 else 30_000
   config.augment = "color,translation,cutout" if method == "dip_diffaug" else ""
   if method == "dip_freezed":
-    _inherit_model_fields(config, "sngan")
-    config.freeze_d = 2
+    if stylegan2:
+      _inherit_model_fields(config, "stylegan2")
+      config.freeze_d = 2 if quick else 4  # As `freezed`.
+      config.batch_size = 8
+    else:
+      _inherit_model_fields(config, "sngan")
+      config.freeze_d = 2
     config.augment = ""
 
 
 def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
-  method, *modifiers = preset.split(",")
-  if method not in METHODS or any(m != "quick" for m in modifiers):
-    raise ValueError(f"unknown preset {preset!r}; valid: METHOD[,quick] with METHOD one of "
-                     f"{', '.join(METHODS)}")
-  quick = "quick" in modifiers
-  pretrain_preset = ",".join(p for p in (_base_model(method), "quick" if quick else "") if p)
-  config = _pretrain_module().get_config(pretrain_preset)
+  method, stylegan2, quick = _parse(preset)
+  # Config files load by path, not as a package: so does the sibling.
+  config = config_files.load_module(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "ps_pretrain.py")
+  ).get_config(pretrain_preset(preset))
   config.task = "finetune"
   config.method = method
 
@@ -143,7 +167,7 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   if method in ADAFM_METHODS:
     _adafm(config, method, quick)
   if method in DIP_METHODS:
-    _dip(config, method)
+    _dip(config, method, stylegan2, quick)
   if method == "cifar":
     _inherit_model_fields(config, "sngan")
     config.num_classes = config_dict.placeholder(int)

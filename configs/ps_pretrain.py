@@ -79,9 +79,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.eval_num_images = 5_000
 
   # Official StyleGAN2-ADA layout; 2 mapping layers as in the Primitives-PS recipe.
+  # embedding_dim: G_emb's output in the DIP variant (used only when conditioned).
   config.stylegan2 = ml_collections.ConfigDict(dict(
       z_dim=512, w_dim=512, mapping_layers=2, channel_base=32768, channel_max=512,
-      mbstd_group_size=4, truncation_psi=1.0))
+      mbstd_group_size=4, truncation_psi=1.0, embedding_dim=512))
 
   config.data = ml_collections.ConfigDict(dict(
       source="synth:primitives_ps",  # synth:NAME with NAME one of gantransfer_jax.synth.SYNTHESIZERS
@@ -136,7 +137,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.log_every = 25
     config.sample_every = 100
     config.checkpoint_every = 250
-    config.stylegan2.update(z_dim=64, w_dim=64, channel_base=512, channel_max=32)
+    config.stylegan2.update(z_dim=64, w_dim=64, channel_base=512, channel_max=32,
+                            embedding_dim=64)
     config.data.n_shapes = 50
     config.loss.r1_interval = 4
     config.loss.pl_interval = 8
@@ -154,7 +156,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.sample_every = 3
     config.checkpoint_every = 3
     config.num_sample_images = 4
-    config.stylegan2.update(z_dim=32, w_dim=32, channel_base=256, channel_max=32)
+    config.stylegan2.update(z_dim=32, w_dim=32, channel_base=256, channel_max=32,
+                            embedding_dim=32)
     config.data.n_shapes = 10
     config.loss.pl_interval = 2
     config.ema_kimg = 0.1

@@ -1,15 +1,18 @@
 """DIP at inference (paper 003): sampling conditional embeddings, semantic diffusion
 through edited images' priors, and inversion of a query image.
 
-A DIP generator (`models.sngan.Generator`) draws G(z | G_emb(C(x))). At inference the
-prior set D_prior = {C(x_j)} of the training images is what makes samples, and
-everything here works in the conditional space E = G_emb(prior):
+A DIP generator draws G(z | G_emb(C(x))): `models.sngan.Generator` (G_emb linear,
+conditional batch norm) or a conditional `models.stylegan2.Generator` (G_emb a 2-layer
+MLP, its output a mapping-network input). Both expose `z_dim`, `num_blocks`,
+`embed(prior)` and `__call__(z, embedding=...)`, which is all this module uses. At
+inference the prior set D_prior = {C(x_j)} of the training images is what makes
+samples, and everything here works in the conditional space E = G_emb(prior):
 
 * `sample_training`: embeddings of randomly picked training priors.
 * `sample_interpolation` (eq. 5): lambda * p1 + (1 - lambda) * p2 of two random training
-  priors, lambda ~ U[0, 1]. G_emb is affine and the weights sum to one, so mixing in
-  prior space and mixing the embeddings give the same point; we mix embeddings, which
-  also serves samplers with no prior behind them.
+  priors, lambda ~ U[0, 1], to be embedded. `write_sample_grids` mixes priors, as eq. 5
+  does; for SNGAN's affine G_emb that is the same point as mixing the embeddings, for
+  StyleGAN2's MLP it is not.
 * `fit_kmeans` / `sample_kmeans` (eq. 6): a K-means centroid mu of G_emb(D_prior) plus
   N(0, sigma^2 I) noise. The paper writes N(0, I), so sigma defaults to 1; how much that
   is depends on the scale of the learnt embeddings, hence the knob.
@@ -20,9 +23,12 @@ everything here works in the conditional space E = G_emb(prior):
 Semantic diffusion conditions G on C(x') of an edited image x' (`cutmix`, `cutout`,
 `greyscale`, a `load_sketch`ed drawing); `edited_priors` runs the prior extractor.
 
-`invert` fits z and one embedding per block to a query image (appendix C).
+`invert` fits z and one embedding per block to a query image (appendix C); a StyleGAN2
+"block" is one w of the synthesis network, each mapped from its own embedding.
 
 All randomness comes from JAX keys; scikit-learn gets a seed drawn from the key.
+StyleGAN2's per-pixel noise is drawn from one fixed key in every call here, so that an
+inversion's objective and the reconstruction it reports see the same noise.
 Images are float in [-1, 1], NHWC.
 """
 
@@ -32,6 +38,7 @@ import copy
 import functools
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,11 +47,17 @@ import optax
 
 from gantransfer_jax import images as images_lib
 from gantransfer_jax.data import folder
-from gantransfer_jax.models import sngan
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels.
+# A conditional sngan.Generator or stylegan2.Generator (see the module docstring).
+Generator = Any
 
 SAMPLE_MODES = ("priors", "interpolation", "kmeans", "gmm")
+
+
+def _noise_rngs() -> dict[str, jax.Array]:
+  """The rng streams of a generator call: StyleGAN2's fixed noise (SNGAN has none)."""
+  return {"noise": jax.random.key(0)}
 
 
 def _seed(key: jax.Array) -> int:
@@ -56,11 +69,11 @@ def _seed(key: jax.Array) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _embed(generator: sngan.Generator, g_vars, priors: jax.Array) -> jax.Array:
+def _embed(generator: Generator, g_vars, priors: jax.Array) -> jax.Array:
   return generator.apply(g_vars, priors, method="embed")
 
 
-def embed_priors(generator: sngan.Generator, g_vars, priors, *,
+def embed_priors(generator: Generator, g_vars, priors, *,
                  batch_size: int = 4096) -> jax.Array:
   """G_emb(priors): [N, prior_dim] -> [N, embedding_dim], in batches so that a large
   D_prior (the paper clusters 200K) never sits on the device at once."""
@@ -71,24 +84,25 @@ def embed_priors(generator: sngan.Generator, g_vars, priors, *,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def generate(generator: sngan.Generator, g_vars, z: jax.Array,
+def generate(generator: Generator, g_vars, z: jax.Array,
              embeddings: jax.Array) -> jax.Array:
-  """G(z | embeddings) in eval mode (running batch statistics, no state updates).
+  """G(z | embeddings) in eval mode (running batch statistics, no state updates; no
+  truncation).
 
   Args:
     z: [N, z_dim].
     embeddings: [N, E], or [num_blocks, N, E] for one per block (as `invert` returns).
   Returns: [N, R, R, 3] images in [-1, 1].
   """
-  return generator.apply(g_vars, z, embedding=embeddings)
+  return generator.apply(g_vars, z, embedding=embeddings, rngs=_noise_rngs())
 
 
-def sample_z(key: jax.Array, n: int, generator: sngan.Generator) -> jax.Array:
+def sample_z(key: jax.Array, n: int, generator: Generator) -> jax.Array:
   """z ~ N(0, I), [n, z_dim] (the prior G was trained with)."""
   return jax.random.normal(key, (n, generator.z_dim))
 
 
-def reconstruction_error(generator: sngan.Generator, g_vars, z: jax.Array,
+def reconstruction_error(generator: Generator, g_vars, z: jax.Array,
                          embeddings: jax.Array, query: jax.Array) -> jax.Array:
   """Per-image mean squared error between G(z | embeddings) and `query`: [N]."""
   return jnp.mean(jnp.square(generate(generator, g_vars, z, embeddings) - query),
@@ -107,8 +121,8 @@ def sample_training(key: jax.Array, embeddings: jax.Array, n: int) -> jax.Array:
 def interpolate(e1: jax.Array, e2: jax.Array, lam) -> jax.Array:
   """lam * e1 + (1 - lam) * e2 (eq. 5), lam a scalar or [n] (one per row of e1, e2).
 
-  lam = 1 gives e1 and lam = 0 gives e2 exactly. Applied to embeddings or to priors
-  alike: G_emb is affine, so G_emb(interpolate(p1, p2, lam)) equals
+  lam = 1 gives e1 and lam = 0 gives e2 exactly. Applied to priors or to embeddings:
+  where G_emb is affine (SNGAN), G_emb(interpolate(p1, p2, lam)) equals
   interpolate(G_emb(p1), G_emb(p2), lam) up to rounding.
   """
   lam = jnp.asarray(lam, jnp.result_type(e1))
@@ -118,7 +132,8 @@ def interpolate(e1: jax.Array, e2: jax.Array, lam) -> jax.Array:
 
 
 def sample_interpolation(key: jax.Array, embeddings: jax.Array, n: int) -> jax.Array:
-  """n mixes of two random training embeddings, lambda ~ U[0, 1] each (eq. 5): [n, E]."""
+  """n mixes of two random rows of `embeddings` (training priors, or their embeddings
+  where G_emb is affine), lambda ~ U[0, 1] each (eq. 5): [n, E]."""
   first, second, lam_key = jax.random.split(key, 3)
   lam = jax.random.uniform(lam_key, (n,))
   return interpolate(sample_training(first, embeddings, n),
@@ -246,7 +261,7 @@ def _invert(generator, g_vars, query, initial_embedding, key, steps, learning_ra
 
   def loss_fn(params):
     z, embeddings = params
-    fakes = generator.apply(g_vars, z, embedding=embeddings)
+    fakes = generator.apply(g_vars, z, embedding=embeddings, rngs=_noise_rngs())
     return jnp.mean(jnp.square(fakes - query))
 
   def step(carry, _):
@@ -259,7 +274,7 @@ def _invert(generator, g_vars, query, initial_embedding, key, steps, learning_ra
   return params[0], params[1], errors
 
 
-def invert(generator: sngan.Generator, g_vars, query, initial_embedding, key: jax.Array, *,
+def invert(generator: Generator, g_vars, query, initial_embedding, key: jax.Array, *,
            steps: int, learning_rate: float = 0.1
            ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Fits z and one embedding per block so that G reproduces `query` (paper, appendix C).
@@ -289,7 +304,7 @@ def invert(generator: sngan.Generator, g_vars, query, initial_embedding, key: ja
 # ---- Sample grids ------------------------------------------------------------------------
 
 
-def write_sample_grids(generator: sngan.Generator, g_vars, train_priors, out_dir: str,
+def write_sample_grids(generator: Generator, g_vars, train_priors, out_dir: str,
                        key: jax.Array, *, num: int = 16, modes: Sequence[str] = SAMPLE_MODES,
                        kmeans_clusters: int | None = None, gmm_components: int | None = None,
                        noise_std: float = 1.0, interpolation_rows: int = 4,
@@ -299,7 +314,8 @@ def write_sample_grids(generator: sngan.Generator, g_vars, train_priors, out_dir
   'priors', 'kmeans' and 'gmm' grids hold `num` samples, each with its own z. The
   'interpolation' grid has `interpolation_rows` rows, each one z and one pair of random
   training priors, lambda sweeping 0 -> 1 over `interpolation_steps` columns (so a
-  row runs from the second prior's image to the first's).
+  row runs from the second prior's image to the first's). Interpolation mixes the
+  priors, then embeds the mixes (eq. 5).
 
   Args:
     train_priors: D_prior, [N, prior_dim].
@@ -322,8 +338,10 @@ def write_sample_grids(generator: sngan.Generator, g_vars, train_priors, out_dir
     elif mode == "interpolation":
       pair = jax.random.randint(sample_key, (2, interpolation_rows), 0, count)
       lam = jnp.tile(jnp.linspace(0.0, 1.0, interpolation_steps), interpolation_rows)
-      e1, e2 = (jnp.repeat(embeddings[p], interpolation_steps, axis=0) for p in pair)
-      samples, num_cols = interpolate(e1, e2, lam), interpolation_steps
+      p1, p2 = (jnp.repeat(jnp.asarray(train_priors)[p], interpolation_steps, axis=0)
+                for p in pair)
+      samples = embed_priors(generator, g_vars, interpolate(p1, p2, lam))
+      num_cols = interpolation_steps
     elif mode == "kmeans":
       centroids, weights = fit_kmeans(fit_key, embeddings,
                                       kmeans_clusters or max(1, count // 20))

@@ -45,8 +45,15 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def quiet_library_logs() -> None:
+  """What the command line does to absl's console log (notebooks call it too)."""
+  absl_logger = std_logging.getLogger("absl")
+  if not any(isinstance(f, _QuietLibraries) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietLibraries())
+
+
 def main(argv):
-  std_logging.getLogger("absl").addFilter(_QuietLibraries())
+  quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value

@@ -78,12 +78,19 @@ class Model:
     return self.gan.sample(self.params, self.state, z, self.conditions(k_cond, num), k_noise)
 
   def mixing_grid(self, key: jax.Array, num: int, crossover: int | None) -> np.ndarray:
-    """(num + 1)^2 images: unmixed z_j on top, unmixed z_i on the left, mixes inside."""
-    k_z, k_noise = jax.random.split(key)
+    """(num + 1)^2 images: unmixed z_j on top, unmixed z_i on the left, mixes inside.
+
+    A conditional model draws one condition per latent, kept with it in the mixes.
+    """
+    k_z, k_cond, k_noise = jax.random.split(key, 3)
     z = jax.random.normal(k_z, (num, self.gan.z_dim))
+    cond = self.conditions(k_cond, num)
     rows, cols = jnp.repeat(z, num, axis=0), jnp.tile(z, (num, 1))
-    mixed = self.gan.sample_mixed(self.params, self.state, rows, cols, crossover, k_noise)
-    plain = self.gan.sample(self.params, self.state, z, None, k_noise)
+    row_cond, col_cond = (None, None) if cond is None else (
+        jnp.repeat(cond, num, axis=0), jnp.tile(cond, (num, 1)))
+    mixed = self.gan.sample_mixed(self.params, self.state, rows, cols, crossover, k_noise,
+                                  row_cond, col_cond)
+    plain = self.gan.sample(self.params, self.state, z, cond, k_noise)
     corner = jnp.zeros_like(plain[:1])
     grid = [jnp.concatenate([corner, plain])]
     for i in range(num):

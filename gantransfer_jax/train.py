@@ -154,10 +154,11 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     metrics = {"loss/g": loss_main}
     loss, pl_mean = loss_main, state.pl_mean
     if do_pl:
-      k_pl_z, k_pl = jax.random.split(k_pl)
+      k_pl_z, k_pl_cond, k_pl = jax.random.split(k_pl, 3)
       pl_batch = max(batch // loss_cfg.pl_batch_shrink, 1)
+      pl_cond = shard(sampler.sample_cond(data, k_pl_cond, pl_batch))
       penalty, pl_mean = gan.path_length_penalty(
-          g_params, state.g_state, latents(k_pl_z, pl_batch), k_pl, state.pl_mean)
+          g_params, state.g_state, latents(k_pl_z, pl_batch), pl_cond, k_pl, state.pl_mean)
       loss = loss + penalty * loss_cfg.pl_weight * loss_cfg.pl_interval
       metrics["loss/pl"] = penalty
     return loss, (g_state, pl_mean, metrics)

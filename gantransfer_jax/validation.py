@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 MODELS = ("stylegan2", "resnet", "adafm", "sngan")
+CONDITIONAL_MODELS = ("sngan", "stylegan2")
 LOSSES = ("nonsaturating", "hinge", "wasserstein")
 ADAFM_KINDS = ("adafm", "fs", "none")
 # Finetuning methods that start from random weights; all others need init_checkpoint.
@@ -90,9 +91,9 @@ def _check_model(config: ml_collections.ConfigDict) -> list[str]:
     cond_dim = gan_lib.condition_dim(config)
   except ValueError as e:
     return problems + [str(e)]
-  if cond_dim and config.model != "sngan":
-    problems.append(f"conditioning (dip.prior or num_classes) needs model 'sngan', not "
-                    f"{config.model!r}")
+  if cond_dim and config.model not in CONDITIONAL_MODELS:
+    problems.append(f"conditioning (dip.prior or num_classes) needs model "
+                    f"{' or '.join(map(repr, CONDITIONAL_MODELS))}, not {config.model!r}")
   if problems:
     return problems
   try:

@@ -2,19 +2,20 @@ r"""Steady-state training throughput and peak memory on the current backend.
 
   python launch/benchmark_train.py --presets=quick,paper --steps=20
   python launch/benchmark_train.py --presets=resnet+quick,sngan+quick,cifar+quick
+  python launch/benchmark_train.py --presets=finetune:dip_diffaug+stylegan2+quick
 
-For each preset of configs/ps_pretrain.py ('+' joins a model and a size, which the
-config file writes 'resnet,quick'): builds the sharded train step exactly as
-training does (synthesis, DiffAugment, R1 and path-length included on their
-schedule), compiles it, then times `--steps` steps after `--warmup` steps and
+For each preset of configs/ps_pretrain.py ('+' stands for the ',' of the config
+file's presets: 'resnet+quick' is 'resnet,quick'), or any CONFIG:PRESET of configs/
+(a finetune from random weights: its data source is read and, for DIP, its priors
+computed first): builds the sharded train step exactly as training does (synthesis
+or real-data sampling, DiffAugment, R1 and path-length included on their schedule),
+compiles it, then times `--steps` steps after `--warmup` steps and
 prints images/s, ms/step, the memory XLA plans for the largest step variant, and
 the measured peak (device allocator on GPU/TPU, process RSS on CPU).
 `--compile_only` stops after the memory plan: a quick "does it fit?" check.
 """
 
 import ast
-import importlib.util
-import os
 import resource
 import time
 
@@ -22,12 +23,13 @@ from absl import app
 from absl import flags
 import jax
 
+from gantransfer_jax import config_files
 from gantransfer_jax import parallel
 from gantransfer_jax import train
 
 _PRESETS = flags.DEFINE_list("presets", ["quick", "paper"],
                              "ps_pretrain presets ('paper' = default; 'resnet+quick' = "
-                             "'resnet,quick').")
+                             "'resnet,quick') or CONFIG:PRESET of configs/.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 4, "Untimed steps (compiles every step variant).")
 _COMPILE_ONLY = flags.DEFINE_bool(
@@ -36,14 +38,6 @@ _COMPILE_ONLY = flags.DEFINE_bool(
 _SET = flags.DEFINE_multi_string(
     "set", [], "Config overrides KEY=VALUE (e.g. --set=stylegan2.channel_max=64), applied "
     "to every preset; values are parsed as Python literals when possible.")
-
-
-def load_config_module(name: str):
-  path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def peak_memory_gib() -> tuple[float, str]:
@@ -70,7 +64,7 @@ def compiled_memory_gib(setup, config) -> float:
 
 def benchmark(preset: str) -> dict:
   name = "" if preset == "paper" else preset.replace("+", ",")
-  config = load_config_module("ps_pretrain").get_config(name)
+  config = config_files.get_config(name if ":" in name else f"ps_pretrain:{name}")
   for assignment in _SET.value:
     key, value = assignment.split("=", 1)
     try:
@@ -106,11 +100,12 @@ def main(argv):
   del argv
   device = jax.devices()[0]
   print(f"backend {device.platform} ({device.device_kind}), {jax.device_count()} device(s)")
-  print(f"{'preset':>8} {'res':>5} {'batch':>5} {'img/s':>9} {'ms/step':>9} "
+  width = max(8, *(len(p) for p in _PRESETS.value))
+  print(f"{'preset':>{width}} {'res':>5} {'batch':>5} {'img/s':>9} {'ms/step':>9} "
         f"{'warmup s':>9} {'XLA GiB':>8} {'peak GiB':>9}")
   for preset in _PRESETS.value:
     r = benchmark(preset)
-    print(f"{r['preset']:>8} {r['resolution']:>5} {r['batch']:>5} {r['img_per_sec']:>9.1f} "
+    print(f"{r['preset']:>{width}} {r['resolution']:>5} {r['batch']:>5} {r['img_per_sec']:>9.1f} "
           f"{r['ms_per_step']:>9.1f} {r['warmup_s']:>9.1f} {r['planned']:>8.2f} "
           f"{r['memory']:>9.2f} ({r['memory_kind']})",
           flush=True)

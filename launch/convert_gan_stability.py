@@ -16,12 +16,12 @@ when the file has none, and its config --base_config with the inferred resolutio
 z_dim. See gantransfer_jax/convert/gan_stability.py for the mapping.
 """
 
-import importlib.util
 import os
 
 from absl import app
 from absl import flags
 
+from gantransfer_jax import config_files
 from gantransfer_jax.convert import gan_stability
 
 _SRC = flags.DEFINE_string("src", None, "The authors' checkpoint (.pt / .pth / .pkl).",
@@ -31,28 +31,15 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A new workdir to write checkpoint 0 into, for "
     "--config.init_checkpoint (or give --out).")
 _BASE_CONFIG = flags.DEFINE_string(
-    "base_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                                "configs", "ps_pretrain.py:resnet"),
-    "CONFIG_FILE[:PRESET] whose get_config(PRESET) completes a workdir's config.")
+    "base_config", "ps_pretrain:resnet",
+    "CONFIG[:PRESET] (a configs/ name or a .py path) whose get_config(PRESET) completes "
+    "a workdir's config.")
 _GENERATOR_KEY = flags.DEFINE_string(
     "generator_key", gan_stability.GENERATOR,
     "Checkpoint entry holding G ('generator_test' for the authors' EMA copy).")
 _DISCRIMINATOR_CLASS = flags.DEFINE_integer(
     "discriminator_class", None, "Keep this class's row of D's fc (default: re-initialise).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the re-initialised D fc (and of a missing D).")
-
-
-def load_config(spec: str):
-  """get_config(PRESET) of CONFIG_FILE[:PRESET]; config files are loaded by path, as
-  configs/finetune.py loads its sibling."""
-  path, preset = spec, ""
-  head, sep, tail = spec.rpartition(":")
-  if sep and head.endswith(".py"):
-    path, preset = head, tail
-  module_spec = importlib.util.spec_from_file_location("base_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(preset)
 
 
 def main(argv):
@@ -67,7 +54,7 @@ def main(argv):
     return
   try:
     config = gan_stability.convert_file_to_workdir(
-        _SRC.value, _WORKDIR.value, load_config(_BASE_CONFIG.value), **options)
+        _SRC.value, _WORKDIR.value, config_files.get_config(_BASE_CONFIG.value), **options)
   except (FileExistsError, gan_stability.LayoutError) as error:
     raise SystemExit(f"error: {error}") from None
   print(f"wrote {os.path.abspath(_WORKDIR.value)}: model {config.model}, "

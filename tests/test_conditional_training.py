@@ -3,8 +3,6 @@
 Tiny 16 x 16 SNGANs (`ps_pretrain` 'sngan,tiny' / 'cifar,tiny' sizes) on ORL faces.
 """
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +10,6 @@ import pytest
 
 from configs import finetune
 from configs import ps_pretrain
-from gantransfer_jax import assets
 from gantransfer_jax import checkpoints
 from gantransfer_jax import losses
 from gantransfer_jax import parallel
@@ -22,13 +19,8 @@ from gantransfer_jax import train
 from gantransfer_jax import writers
 from gantransfer_jax.data import sampler as sampler_lib
 from gantransfer_jax.models import gan as gan_lib
+from tests.weights_markers import needs_inception, needs_mobilenet
 
-needs_mobilenet = pytest.mark.skipif(
-    not os.path.exists(assets.mobilenet_v2_weights_path()),
-    reason=f"MobileNetV2 weights absent; `{assets.MOBILENET_V2_FETCH_COMMAND}`")
-needs_inception = pytest.mark.skipif(
-    not os.path.exists(assets.inception_weights_path()),
-    reason=f"FID Inception weights absent; `{assets.INCEPTION_FETCH_COMMAND}`")
 
 TINY_SNGAN = dict(z_dim=18, embedding_dim=8, g_width=4, d_width=4, g_multipliers=(2, 2, 1),
                   d_multipliers=(1, 2, 2))

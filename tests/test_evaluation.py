@@ -8,15 +8,12 @@ import pytest
 
 from configs import evaluate as evaluate_config
 from configs import ps_pretrain
-from gantransfer_jax import assets
 from gantransfer_jax import evaluation
 from gantransfer_jax import train
 from gantransfer_jax import writers
 from gantransfer_jax.tasks import evaluate
+from tests.weights_markers import needs_inception
 
-needs_inception = pytest.mark.skipif(
-    not os.path.exists(assets.inception_weights_path()),
-    reason=f"FID Inception weights absent; fetch with `{assets.INCEPTION_FETCH_COMMAND}`")
 
 
 def test_convergence_from_history_uses_kimg_of_first_fid_within_five_percent():

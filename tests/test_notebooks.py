@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from gantransfer_jax import assets
+from tests.weights_markers import needs_inception
 
 nbclient = pytest.importorskip(
     "nbclient", reason="executing the notebooks needs nbclient (pip install nbclient)")
@@ -35,9 +36,6 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _NOTEBOOKS = _ROOT / "launch" / "notebooks"
 _TIMEOUT_S = 600  # Per cell; a cold XLA cache makes the first run a few minutes.
 
-needs_inception = pytest.mark.skipif(
-    not os.path.exists(assets.inception_weights_path()),
-    reason=f"FID Inception weights absent; fetch with `{assets.INCEPTION_FETCH_COMMAND}`")
 
 
 def _builder():

@@ -5,30 +5,22 @@ small npz. A cheap pooled-pixel feature function stands in for Inception in most
 one smoke run uses the real Inception weights when they are cached.
 """
 
-import importlib.util
 import json
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import ps_pretrain
+from configs import select as select_config
 from gantransfer_jax import assets
 from gantransfer_jax import checkpoints
 from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.tasks import select
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _NUM_TARGET = 12
-
-
-def _load_config(name, preset=""):
-  spec = importlib.util.spec_from_file_location(f"{name}_config", _ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
 
 
 def _write_checkpoint(workdir, config, seed):
@@ -55,7 +47,7 @@ def _write_checkpoint(workdir, config, seed):
 @pytest.fixture(scope="module")
 def candidates(tmp_path_factory):
   root = tmp_path_factory.mktemp("candidates")
-  config = _load_config("ps_pretrain", "tiny")
+  config = ps_pretrain.get_config("tiny")
   return [_write_checkpoint(root / name, config, seed) for seed, name in enumerate("ab")]
 
 
@@ -78,7 +70,7 @@ def _pooled_pixels(images):
 
 
 def _select_config(candidates, target, **overrides):
-  config = _load_config("select")
+  config = select_config.get_config()
   config.candidates = ",".join(candidates)
   config.data = f"npz:{target}"
   config.num_samples = 8
@@ -106,7 +98,7 @@ def test_rank_by_recall_then_fid():
 
 
 def test_candidate_lists_are_checked():
-  config = _load_config("select")
+  config = select_config.get_config()
   with pytest.raises(ValueError, match="set --config.candidates"):
     select.load_candidates(config)
   config.candidates = "a,b"
@@ -184,7 +176,7 @@ def _train_on(target_path, workdir, steps):
   """The real training loop on the npz target (tiny model, no augmentation)."""
   from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
 
-  config = _load_config("ps_pretrain", "tiny")
+  config = ps_pretrain.get_config("tiny")
   config.update(total_steps=steps, log_every=steps, sample_every=steps, checkpoint_every=steps,
                 augment="")
   config.loss.pl_weight = 0.0

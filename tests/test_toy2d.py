@@ -1,26 +1,16 @@
 """The 2D study (paper 004, §2): metrics against brute force, and the quick task end to end."""
 
-import importlib.util
 import itertools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import toy2d as toy2d_config
 from gantransfer_jax.analysis import toy2d_metrics as metrics
 from gantransfer_jax.tasks import toy2d
-
-_CONFIG_PATH = pathlib.Path(__file__).resolve().parents[1] / "configs" / "toy2d.py"
-
-
-def get_config(preset: str = ""):
-  spec = importlib.util.spec_from_file_location("toy2d_config", _CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
 
 
 # ------------------------------------------------------------------------------- W1
@@ -125,7 +115,7 @@ def test_pearson():
 
 
 def test_config_follows_the_paper():
-  config = get_config()
+  config = toy2d_config.get_config()
   assert config.task == "toy2d"
   assert (config.pretrain_steps, config.finetune_steps, config.batch_size, config.d_steps) == (
       5000, 1000, 64, 4)
@@ -135,11 +125,11 @@ def test_config_follows_the_paper():
   assert (config.lr, config.b1, config.b2, config.ema_decay) == (2e-4, 0.5, 0.999, 0.99)
   assert config.w1_num_points == 2048 and config.dissection.k == 5
   with pytest.raises(ValueError):
-    get_config("nope")
+    toy2d_config.get_config("nope")
 
 
 def test_distributions():
-  dists = toy2d.distributions_from_config(get_config())
+  dists = toy2d.distributions_from_config(toy2d_config.get_config())
   key = jax.random.PRNGKey(0)
   target = np.asarray(dists["target"].sample(key, 4000))
   centres = np.asarray(dists["target"].centres())
@@ -153,7 +143,7 @@ def test_distributions():
 
 
 def test_vmap_over_runs_equals_a_single_run():
-  config = get_config("quick")
+  config = toy2d_config.get_config("quick")
   spec = toy2d.gan_spec_from_config(config)
   dists = toy2d.distributions_from_config(config)
   datas = (dists["source_i"], dists["source_ii"])
@@ -177,7 +167,7 @@ def test_vmap_over_runs_equals_a_single_run():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("toy2d_quick")
-  return workdir, toy2d.run(get_config("quick"), str(workdir))
+  return workdir, toy2d.run(toy2d_config.get_config("quick"), str(workdir))
 
 
 def test_quick_run_writes_json_and_figures(quick_run):
@@ -191,7 +181,7 @@ def test_quick_run_writes_json_and_figures(quick_run):
     assert key in written
   # Constant series (the quick run's recall may all be 0) give null, not NaN.
   assert written["pearson_recall_w1"] is None or -1 <= written["pearson_recall_w1"] <= 1
-  config = get_config("quick")
+  config = toy2d_config.get_config("quick")
   assert len(written["dissection"]["w1_final"]) == config.dissection.num_checkpoints
   assert written["dissection"]["gradsim_loss_gradient"] == pytest.approx(
       [-v for v in written["dissection"]["gradsim_descent"]])
@@ -202,6 +192,6 @@ def test_quick_run_writes_json_and_figures(quick_run):
 
 def test_quick_run_is_deterministic(quick_run, tmp_path):
   _, first = quick_run
-  second = toy2d.run(get_config("quick"), str(tmp_path))
+  second = toy2d.run(toy2d_config.get_config("quick"), str(tmp_path))
   for key in ("w1", "w1_ema", "pearson_recall_w1", "pearson_gradsim_w1", "dissection"):
     np.testing.assert_equal(second[key], first[key])

@@ -4,7 +4,7 @@ A `Gan` wraps a generator and a discriminator (flax modules) and says how a fami
 initialised, run while training, sampled at inference, frozen and transferred:
 
   family     generator                          discriminator            paper
-  stylegan2  StyleGAN2 (mapping + synthesis)    StyleGAN2 resnet D       001, 004
+  stylegan2  StyleGAN2 (mapping + synthesis)    StyleGAN2 resnet D       001, 004, 003
   resnet     GAN_stability ResNet G             GAN_stability ResNet D   002 (its source)
   adafm      SmallHead + frozen ResNet groups   GAN_stability ResNet D   002
   sngan      SNGAN/BigGAN G with cond. BN       projection D             003, 001 (CIFAR)
@@ -14,10 +14,11 @@ Variables are split into trainable `params` and everything else, the family's *s
 spectral-norm power iterations, `{}` for the ResNet families). The train step carries
 state beside the params; `variables(params, state)` rebuilds what `apply` wants.
 
-Conditioning: `cond` is None for unconditional families and a float [B, cond_dim] for
-`sngan`: a data instance prior C(x) (DIP) or a one-hot class label (conditional CIFAR
-track). An unconditional `sngan` (cond_dim 0) sees a constant zero condition, which
-makes its projection term vanish: the plain SNGAN baseline of paper 003.
+Conditioning: `cond` is None for unconditional models and a float [B, cond_dim] for
+conditional `sngan` and `stylegan2` ones: a data instance prior C(x) (DIP) or a one-hot
+class label (conditional CIFAR track). An unconditional `sngan` (cond_dim 0) sees a
+constant zero condition, which makes its projection term vanish: the plain SNGAN
+baseline of paper 003.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from gantransfer_jax import adafm as adafm_lib
@@ -39,6 +41,9 @@ State = dict[str, Any]
 Prefix = tuple[str, ...]
 
 FAMILIES = ("stylegan2", "resnet", "adafm", "sngan")
+# Parameter names of the condition embeddings G_emb and D_emb (DIP, class labels).
+G_EMBEDDING = "g_emb"
+D_EMBEDDING = "d_emb"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +64,8 @@ def split_variables(all_variables: dict[str, Any]) -> tuple[Params, State]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Gan:
-  """Base: an unconditional pair whose generator is `G(z)` and discriminator `D(x)`.
+  """Base: a pair whose generator is `G(z)` and discriminator `D(x)`, or `G(z, cond)`
+  and `D(x, cond)` when `cond_dim` > 0.
 
   Subclasses override what differs. Every method is pure and traceable.
   """
@@ -86,8 +92,9 @@ class Gan:
     k_g, k_noise, k_d = jax.random.split(key, 3)
     z = jnp.zeros((1, self.z_dim), jnp.float32)
     images = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
-    return (self.generator.init({"params": k_g, "noise": k_noise}, z),
-            self.discriminator.init(k_d, images))
+    cond = (jnp.zeros((1, self.cond_dim), jnp.float32),) if self.cond_dim else ()
+    return (self.generator.init({"params": k_g, "noise": k_noise}, z, *cond),
+            self.discriminator.init(k_d, images, *cond))
 
   def transfer(self, fresh: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
     """The train-state fields a finetune starts from.
@@ -133,22 +140,66 @@ class Gan:
 
 
 class StyleGAN2Gan(Gan):
-  """StyleGAN2: style mixing and the w_avg update while training; truncation at sampling."""
+  """StyleGAN2: style mixing and the w_avg update while training; truncation at sampling.
+
+  With `cond_dim` > 0 it is DIP's StyleGAN2 variant (`models.stylegan2`): G's mapping
+  and D's projection term take the condition; style mixing keeps each sample's
+  condition for its second latent, as StyleGAN2-ADA's conditional loss does.
+  """
 
   supports_path_length = True
 
-  def map_latents(self, g_vars, z: Array, key: Array, update_w_avg: bool) -> tuple[Array, State]:
+  def _cond(self, cond: Array | None) -> Array | None:
+    if self.cond_dim and cond is None:
+      raise ValueError("this StyleGAN2 is conditional (dip.prior or num_classes): pass cond")
+    return cond if self.cond_dim else None
+
+  def transfer(self, fresh, pretrained):
+    """As TransferGAN; a conditional model from an unconditional source (DIP from a
+    Primitives-PS or converted checkpoint) gets its condition pathways such that it
+    starts as the very function the source computes:
+
+    * G: a fresh G_emb, and `mapping/fc0` widened for its input: the z rows are the
+      source's, rescaled by sqrt(new fan-in / z_dim) to undo the equalized-lr gain's
+      change, the embedding rows are zero (trained from the first step on).
+    * D: D_emb is zero, so the projection term starts at 0 (its gradient does not).
+
+    The paper does not say how its FFHQ models took the new inputs; this choice keeps
+    the pretrained samples intact at step 0. A conditional source keeps its
+    embeddings unless their shapes differ (another prior or label set: fresh ones).
+    """
+    loaded = super().transfer(fresh, pretrained)
+    source_conditional = G_EMBEDDING in loaded["g_params"]
+    if not self.cond_dim:
+      if source_conditional:
+        raise ValueError("init_checkpoint is a conditional StyleGAN2 (DIP priors or labels) "
+                         "but this config is unconditional; set dip.prior or num_classes")
+      return loaded
+    if source_conditional:
+      for name, fresh_name in (("g_params", "g_params"), ("g_ema_params", "g_params"),
+                               ("d_params", "d_params")):
+        loaded[name] = _keep_fresh_embeddings(fresh[fresh_name], loaded[name])
+      return loaded
+    for name in ("g_params", "g_ema_params"):
+      loaded[name] = _add_stylegan2_g_embedding(fresh["g_params"], loaded[name])
+    d_emb = jax.tree.map(np.zeros_like, fresh["d_params"][D_EMBEDDING])
+    loaded["d_params"] = {**loaded["d_params"], D_EMBEDDING: d_emb}
+    return loaded
+
+  def map_latents(self, g_vars, z: Array, cond: Array | None, key: Array,
+                  update_w_avg: bool) -> tuple[Array, State]:
     """z -> ws with style mixing, as the official loss does for every generated batch."""
     from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
 
     generator = self.generator
+    cond = self._cond(cond)
     k_z2, k_mix = jax.random.split(key)
-    ws, mutated = generator.apply(g_vars, z, update_w_avg=update_w_avg, method=generator.map,
-                                  mutable=["stats"])
+    ws, mutated = generator.apply(g_vars, z, cond, update_w_avg=update_w_avg,
+                                  method=generator.map, mutable=["stats"])
     mixing_prob = self.config.loss.style_mixing_prob
     if mixing_prob > 0:
       z_other = jax.random.normal(k_z2, z.shape, z.dtype)
-      ws_other = generator.apply(g_vars, z_other, method=generator.map)
+      ws_other = generator.apply(g_vars, z_other, cond, method=generator.map)
       ws = stylegan2.style_mix(k_mix, ws, ws_other, mixing_prob)
     return ws, {**g_vars, **mutated}
 
@@ -157,34 +208,41 @@ class StyleGAN2Gan(Gan):
     return generator.apply(g_vars, ws, method=generator.synthesize, rngs={"noise": key})
 
   def generate(self, g_params, g_state, z, cond, key):
-    del cond
     k_map, k_noise = jax.random.split(key)
-    ws, g_vars = self.map_latents(variables(g_params, g_state), z, k_map, update_w_avg=True)
+    ws, g_vars = self.map_latents(variables(g_params, g_state), z, cond, k_map,
+                                  update_w_avg=True)
     return self.synthesize(g_vars, ws, k_noise), split_variables(g_vars)[1]
 
-  def path_length_penalty(self, g_params, g_state, z: Array, key: Array, pl_mean: Array):
-    """(penalty, new pl_mean) of the StyleGAN2 path-length regulariser on latents z."""
+  def discriminate(self, d_params, d_state, images, cond):
+    return self.discriminator.apply(variables(d_params, d_state), images,
+                                    self._cond(cond)), d_state
+
+  def path_length_penalty(self, g_params, g_state, z: Array, cond: Array | None, key: Array,
+                          pl_mean: Array):
+    """(penalty, new pl_mean) of the StyleGAN2 path-length regulariser on latents z
+    (and conditions `cond`, for a conditional model)."""
     k_map, k_noise, k_dir = jax.random.split(key, 3)
     g_vars = variables(g_params, g_state)
-    ws, _ = self.map_latents(g_vars, z, k_map, update_w_avg=False)
+    ws, _ = self.map_latents(g_vars, z, cond, k_map, update_w_avg=False)
     return losses.path_length_penalty(
         lambda w: self.synthesize(g_vars, w, k_noise), ws, k_dir, pl_mean,
         decay=self.config.loss.pl_decay)
 
   def sample(self, g_params, g_state, z, cond, key):
-    del cond
-    return self.generator.apply(variables(g_params, g_state), z,
+    return self.generator.apply(variables(g_params, g_state), z, self._cond(cond),
                                 truncation_psi=self.config.stylegan2.truncation_psi,
                                 rngs={"noise": key})
 
-  def sample_mixed(self, g_params, g_state, z, z_mix, crossover, key) -> Array:
-    """Style mixing at inference: ws of z, with the ws of z_mix from layer `crossover`
-    (default: half of them) on; truncation as in `sample`."""
+  def sample_mixed(self, g_params, g_state, z, z_mix, crossover, key, cond=None,
+                   cond_mix=None) -> Array:
+    """Style mixing at inference: ws of (z, cond), with the ws of (z_mix, cond_mix)
+    from layer `crossover` (default: half of them) on; truncation as in `sample`."""
     generator = self.generator
     g_vars = variables(g_params, g_state)
     psi = self.config.stylegan2.truncation_psi
-    ws = generator.apply(g_vars, z, truncation_psi=psi, method=generator.map)
-    ws_mix = generator.apply(g_vars, z_mix, truncation_psi=psi, method=generator.map)
+    ws = generator.apply(g_vars, z, self._cond(cond), truncation_psi=psi, method=generator.map)
+    ws_mix = generator.apply(g_vars, z_mix, self._cond(cond_mix), truncation_psi=psi,
+                             method=generator.map)
     crossover = ws.shape[1] // 2 if crossover is None else crossover
     layer = jnp.arange(ws.shape[1])[None, :, None]
     return self.synthesize(g_vars, jnp.where(layer < crossover, ws, ws_mix), key)
@@ -196,6 +254,20 @@ class StyleGAN2Gan(Gan):
     blocks = stylegan2.discriminator_block_names(self.resolution)
     return FrozenPrefixes(discriminator=_first_blocks(blocks, self.config.get("freeze_d", 0),
                                                       "freeze_d", self.resolution))
+
+
+def _add_stylegan2_g_embedding(fresh: Params, loaded: Params) -> Params:
+  """An unconditional StyleGAN2 G's params with the fresh G_emb and `mapping/fc0`
+  widened to take its output (see `StyleGAN2Gan.transfer`)."""
+  fc0 = dict(loaded["mapping"]["fc0"])
+  weight = np.asarray(fc0["weight"])
+  z_dim, width = weight.shape[0], fresh["mapping"]["fc0"]["weight"].shape[0]
+  # Equalized lr multiplies the stored weight by 1 / sqrt(fan-in) at run time.
+  z_rows = weight * np.sqrt(width / z_dim)
+  fc0["weight"] = np.concatenate([z_rows, np.zeros((width - z_dim, weight.shape[1]),
+                                                    weight.dtype)])
+  return {**loaded, "mapping": {**loaded["mapping"], "fc0": fc0},
+          G_EMBEDDING: fresh[G_EMBEDDING]}
 
 
 def _first_blocks(blocks: list[str], num_frozen: int, field: str,
@@ -317,9 +389,11 @@ class AdaFMGan(Gan):
                                   rngs={"noise": key})
     return images, g_state
 
-  def sample_mixed(self, g_params, g_state, z, z_mix, crossover, key) -> Array:
+  def sample_mixed(self, g_params, g_state, z, z_mix, crossover, key, cond=None,
+                   cond_mix=None) -> Array:
     """Style mixing: AdaIN layers from `crossover` (default: half) on take w(z_mix)
-    (paper 002 Fig. 6)."""
+    (paper 002 Fig. 6). Unconditional: `cond` and `cond_mix` are ignored."""
+    del cond, cond_mix
     if crossover is None:
       from gantransfer_jax.models import smallhead  # pylint: disable=g-import-not-at-top
       blocks = smallhead.first_general_group(self.resolution, self.config.adafm.general_g)
@@ -385,7 +459,7 @@ class SNGan(Gan):
                                 self._cond(cond, z.shape[0]), train=False)
 
 
-_CONDITION_EMBEDDINGS = ("g_emb", "d_emb")
+_CONDITION_EMBEDDINGS = (G_EMBEDDING, D_EMBEDDING)
 
 
 def _keep_fresh_embeddings(fresh: Params, loaded: Params) -> Params:
@@ -420,14 +494,18 @@ def build_gan(config: ml_collections.ConfigDict) -> Gan:
     from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
 
     cfg = config.stylegan2
+    cond_dim = condition_dim(config)
+    # Configs saved before the DIP variant have no embedding_dim: the paper's 512.
+    embedding_dim = cfg.get("embedding_dim") or 512
     generator = stylegan2.Generator(
         resolution=config.resolution, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
         mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
-        channel_max=cfg.channel_max)
+        channel_max=cfg.channel_max, cond_dim=cond_dim, embedding_dim=embedding_dim)
     discriminator = stylegan2.Discriminator(
         resolution=config.resolution, channel_base=cfg.channel_base,
-        channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group_size)
-    return StyleGAN2Gan(generator, discriminator, config)
+        channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group_size,
+        cond_dim=cond_dim)
+    return StyleGAN2Gan(generator, discriminator, config, cond_dim=cond_dim)
   if model in ("resnet", "adafm"):
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
     from gantransfer_jax.models import smallhead  # pylint: disable=g-import-not-at-top

@@ -19,8 +19,7 @@ true, so apply with `mutable=['batch_stats']` then.
 Resolutions 32..128 (any 4 * 2^k); widths are `width` times per-stage multipliers
 (defaults after BigGAN: 256 channels throughout at 32 x 32, 1024..64 at 128 x 128).
 
-`StyleGAN2PriorMLP` is the StyleGAN2 variant's G_emb (a 2-layer MLP whose output is
-concatenated with z before the mapping network); it is not wired into StyleGAN2 here.
+The StyleGAN2 variant of DIP lives in `models.stylegan2` (its `cond_dim`).
 """
 
 from __future__ import annotations
@@ -315,21 +314,3 @@ class ProjectionDiscriminator(nn.Module):
     features = self.features(images, train)
     projection = jnp.sum(self.embed(prior, train) * features, axis=-1)
     return projection + self.unconditional(features, train)
-
-
-# ---- StyleGAN2 variant ------------------------------------------------------------------
-
-
-class StyleGAN2PriorMLP(nn.Module):
-  """The StyleGAN2 DIP generator's G_emb: a 2-layer ReLU MLP maps the prior to a
-  `features`-d conditional space (paper: 512), concatenated with z as the mapping
-  network's input: (z [N, z_dim], prior [N, prior_dim]) -> [N, z_dim + features]."""
-
-  features: int = 512
-  hidden_features: int | None = None  # Default: `features`.
-
-  @nn.compact
-  def __call__(self, z: jax.Array, prior: jax.Array) -> jax.Array:
-    hidden = nn.relu(nn.Dense(self.hidden_features or self.features, name="fc0")(prior))
-    embedding = nn.Dense(self.features, name="fc1")(hidden)
-    return jnp.concatenate([z, embedding.astype(z.dtype)], axis=-1)

@@ -7,6 +7,7 @@ change alone:
 
   Generator params
     mapping/fc{i}/{weight,bias}
+    g_emb/{fc0,fc1}/{weight,bias}                       (DIP variant only)
     synthesis/b4/const                                  [4, 4, C]  (official [C, 4, 4])
     synthesis/b{res}/{conv0,conv1}/{affine/{weight,bias},weight,bias,noise_strength}
     synthesis/b{res}/torgb/{affine/{weight,bias},weight,bias}
@@ -16,6 +17,16 @@ change alone:
   Discriminator params
     b{res}/{fromrgb (top block only),conv0,conv1,skip}/{weight,bias}
     b4/{conv,fc,out}/{weight,bias}
+    d_emb/weight                                        (DIP variant only)
+
+The DIP variant (paper 003, appendix: `cond_dim` > 0) conditions both networks on a
+prior C(x) of a frozen network (or a one-hot label): G_emb, a 2-layer ReLU MLP, maps it
+to a 512-d conditional space whose output joins z as the mapping network's input, and
+D adds the projection term D_emb(C(x)) . D_f(x) to its logit (eq. 4), D_f being the
+epilogue's fc features. Two details the paper leaves open follow StyleGAN2-ADA's
+conditional networks: z and G_emb's output are 2nd-moment normalised apart before the
+concatenation, and the projection is scaled by 1/sqrt(dim(D_f)) (a constant factor on
+D_emb, so the same function class as eq. 4) to keep it at the logit's scale at init.
 
 Activations are NHWC; images are [B, R, R, 3] in roughly [-1, 1].
 """
@@ -66,14 +77,22 @@ def _check_noise_mode(noise_mode: str) -> None:
 
 
 class MappingNetwork(nn.Module):
-  """z -> w: 2nd-moment normalisation, then `num_layers` lrelu dense layers `fc{i}`."""
+  """z -> w: 2nd-moment normalisation, then `num_layers` lrelu dense layers `fc{i}`.
+
+  A conditional mapping (DIP) also takes the conditional embedding [B, E]: normalised
+  on its own and concatenated after z, so `fc0` is [z_dim + E, w_dim] and the z half
+  sees the inputs an unconditional mapping would.
+  """
   w_dim: int
   num_layers: int = 8
   lr_multiplier: float = 0.01
 
   @nn.compact
-  def __call__(self, z: Array) -> Array:
+  def __call__(self, z: Array, embedding: Array | None = None) -> Array:
     x = layers.normalize_2nd_moment(layers.at_least_float32(z))
+    if embedding is not None:
+      embedding = layers.normalize_2nd_moment(layers.at_least_float32(embedding))
+      x = jnp.concatenate([x, embedding], axis=-1)
     for idx in range(self.num_layers):
       x = layers.FullyConnectedLayer(self.w_dim, activation="lrelu",
                                      lr_multiplier=self.lr_multiplier, name=f"fc{idx}")(x)
@@ -293,12 +312,29 @@ class SynthesisNetwork(nn.Module):
 # Generator.
 
 
+class PriorEmbedding(nn.Module):
+  """G_emb of the DIP generator: a 2-layer ReLU MLP, [B, cond_dim] -> [B, features]
+  (paper 003: 512). Equalized-lr layers, like the rest of StyleGAN2."""
+  features: int = 512
+
+  @nn.compact
+  def __call__(self, cond: Array) -> Array:
+    hidden = layers.FullyConnectedLayer(self.features, activation="relu", name="fc0")(
+        layers.at_least_float32(cond))
+    return layers.FullyConnectedLayer(self.features, name="fc1")(hidden)
+
+
 class Generator(nn.Module):
   """StyleGAN2 generator: mapping network + skip synthesis network.
 
-  Variables: 'params' (mapping/..., synthesis/...), 'stats' {'w_avg': [w_dim]} (the
-  moving average of w used by truncation) and 'noise_consts' (the fixed noise maps of
-  noise_mode='const'; only needed in that mode).
+  Variables: 'params' (mapping/..., synthesis/..., and g_emb/... when conditional),
+  'stats' {'w_avg': [w_dim]} (the moving average of w used by truncation) and
+  'noise_consts' (the fixed noise maps of noise_mode='const'; only needed in that mode).
+
+  With `cond_dim` > 0 it is the DIP variant (module docstring): every call takes the
+  condition `cond` [B, cond_dim], or in its place `embedding=`, the conditional input
+  G_emb(cond) itself: [B, E] shared by every w, or [num_ws, B, E], one per w (what
+  inversion optimises; `num_blocks` names that count for `gantransfer_jax.dip`).
   """
   resolution: int            # Power of two >= 4.
   z_dim: int = 512
@@ -315,6 +351,8 @@ class Generator(nn.Module):
   # Compute dtype of the synthesis convs (e.g. bfloat16); None: float32 from the params.
   # Mapping, torgb outputs and images stay (at least) float32.
   dtype: Dtype | None = None
+  cond_dim: int = 0          # Width of the condition (DIP prior, one-hot label); 0: none.
+  embedding_dim: int = 512   # Width of G_emb's output (DIP variant only).
 
   def setup(self):
     _log2_resolution(self.resolution, 4)
@@ -323,6 +361,8 @@ class Generator(nn.Module):
         self.resolution, img_channels=self.img_channels, channel_base=self.channel_base,
         channel_max=self.channel_max, use_noise=self.use_noise,
         resample_taps=self.resample_taps, conv_clamp=self.conv_clamp, dtype=self.dtype)
+    if self.cond_dim:
+      self.g_emb = PriorEmbedding(self.embedding_dim)
     # Declared only where it exists or can be created, so that synthesis-only callers
     # may pass {'params'} alone.
     if self.has_variable("stats", "w_avg") or self.is_mutable_collection("stats"):
@@ -333,17 +373,47 @@ class Generator(nn.Module):
     """w vectors the synthesis consumes: one per conv plus the last torgb."""
     return 2 * _log2_resolution(self.resolution, 4) - 2
 
-  def __call__(self, z: Array, *, truncation_psi: float | Array = 1.0,
+  @property
+  def num_blocks(self) -> int:
+    """How many embeddings `embedding=` may give separately: one per w."""
+    return self.num_ws
+
+  def __call__(self, z: Array, cond: Array | None = None, *,
+               embedding: Array | None = None, truncation_psi: float | Array = 1.0,
                truncation_cutoff: int | None = None, noise_mode: str = "random",
                update_w_avg: bool = False) -> Array:
-    """z [B, z_dim] -> images [B, R, R, img_channels]."""
-    ws = self.map(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                  update_w_avg=update_w_avg)
+    """z [B, z_dim] (and the condition) -> images [B, R, R, img_channels]."""
+    ws = self.map(z, cond, embedding=embedding, truncation_psi=truncation_psi,
+                  truncation_cutoff=truncation_cutoff, update_w_avg=update_w_avg)
     return self.synthesize(ws, noise_mode=noise_mode)
 
-  def map(self, z: Array, *, truncation_psi: float | Array = 1.0,
-          truncation_cutoff: int | None = None, update_w_avg: bool = False) -> Array:
-    """z [B, z_dim] -> ws [B, num_ws, w_dim].
+  def embed(self, cond: Array) -> Array:
+    """G_emb(cond): [B, cond_dim] -> [B, embedding_dim] (DIP variant only)."""
+    if not self.cond_dim:
+      raise ValueError("embed needs a conditional generator (cond_dim > 0)")
+    if cond.ndim != 2 or cond.shape[1] != self.cond_dim:
+      raise ValueError(f"expected cond of shape [B, {self.cond_dim}], got {cond.shape}")
+    return self.g_emb(cond)
+
+  def _embedding(self, cond: Array | None, embedding: Array | None) -> Array | None:
+    """The mapping's conditional input: None, [B, E] or [num_ws, B, E]."""
+    if not self.cond_dim:
+      if cond is not None or embedding is not None:
+        raise ValueError("this generator is unconditional (cond_dim=0); pass no condition")
+      return None
+    if (cond is None) == (embedding is None):
+      raise ValueError("a conditional generator takes exactly one of cond and embedding")
+    if embedding is None:
+      return self.embed(cond)
+    if embedding.ndim == 3 and embedding.shape[0] != self.num_ws or embedding.ndim not in (2, 3):
+      raise ValueError(f"embedding must be [B, E] or [{self.num_ws} ws, B, E], "
+                       f"got shape {embedding.shape}")
+    return embedding
+
+  def map(self, z: Array, cond: Array | None = None, *, embedding: Array | None = None,
+          truncation_psi: float | Array = 1.0, truncation_cutoff: int | None = None,
+          update_w_avg: bool = False) -> Array:
+    """z [B, z_dim] (and the condition, see the class docstring) -> ws [B, num_ws, w_dim].
 
     With `update_w_avg` and a mutable 'stats' collection, first moves w_avg towards the
     batch mean of w: w_avg <- lerp(mean_b w, w_avg, w_avg_beta). Truncation then lerps
@@ -351,11 +421,18 @@ class Generator(nn.Module):
     """
     if z.ndim != 2 or z.shape[1] != self.z_dim:
       raise ValueError(f"expected z of shape [B, {self.z_dim}], got {z.shape}")
-    w = self.mapping(z)
+    embedding = self._embedding(cond, embedding)
+    if embedding is None or embedding.ndim == 2:
+      w = self.mapping(z, embedding)
+      ws = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_ws, self.w_dim))
+    else:  # One w per layer, each from its own embedding: one mapping call over all.
+      batch = z.shape[0]
+      flat = self.mapping(jnp.tile(z, (self.num_ws, 1)),
+                          embedding.reshape(self.num_ws * batch, -1))
+      ws = jnp.swapaxes(flat.reshape(self.num_ws, batch, self.w_dim), 0, 1)
     if update_w_avg and self.is_mutable_collection("stats"):
-      batch_mean = jax.lax.stop_gradient(jnp.mean(w, axis=0))
+      batch_mean = jax.lax.stop_gradient(jnp.mean(ws, axis=(0, 1)))
       self.w_avg.value = batch_mean + self.w_avg_beta * (self.w_avg.value - batch_mean)
-    ws = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_ws, self.w_dim))
     if isinstance(truncation_psi, (int, float)) and truncation_psi == 1:
       return ws
     if not hasattr(self, "w_avg"):
@@ -437,7 +514,9 @@ class DiscriminatorEpilogue(nn.Module):
   conv_clamp: float | None = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, cond_embedding: Array | None = None) -> Array:
+    """x [B, 4, 4, C] -> logits [B]; `cond_embedding` D_emb(cond) [B, channels] adds the
+    projection term (DIP variant)."""
     x = layers.at_least_float32(x)
     if self.mbstd_num_channels > 0:
       x = minibatch_std(x, self.mbstd_group_size, self.mbstd_num_channels)
@@ -446,8 +525,12 @@ class DiscriminatorEpilogue(nn.Module):
     # Flatten channel-major, as torch's NCHW flatten does, so that the official fc
     # weight converts by a transpose only.
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-    x = layers.FullyConnectedLayer(self.channels, activation="lrelu", name="fc")(x)
-    return layers.FullyConnectedLayer(1, name="out")(x)[:, 0]
+    features = layers.FullyConnectedLayer(self.channels, activation="lrelu", name="fc")(x)
+    logits = layers.FullyConnectedLayer(1, name="out")(features)[:, 0]
+    if cond_embedding is None:
+      return logits
+    projection = jnp.sum(cond_embedding * features, axis=-1)
+    return logits + projection * (1 / np.sqrt(self.channels))
 
 
 def _discriminator_block_resolutions(resolution: int) -> list[int]:
@@ -465,7 +548,12 @@ def discriminator_block_names(resolution: int) -> list[str]:
 
 
 class Discriminator(nn.Module):
-  """StyleGAN2 resnet discriminator: images [B, R, R, 3] -> logits [B]."""
+  """StyleGAN2 resnet discriminator: images [B, R, R, 3] -> logits [B].
+
+  With `cond_dim` > 0 (DIP variant) it also takes the condition [B, cond_dim] and adds
+  the projection term of D_emb(cond) (`d_emb`, linear, no bias) on the epilogue's
+  features.
+  """
   resolution: int
   channel_base: int = 32768
   channel_max: int = 512
@@ -477,14 +565,25 @@ class Discriminator(nn.Module):
   # Compute dtype of the blocks (e.g. bfloat16); None: float32 from the params.
   # The epilogue stays (at least) float32.
   dtype: Dtype | None = None
+  cond_dim: int = 0  # Width of the condition (DIP prior, one-hot label); 0: none.
 
   @nn.compact
-  def __call__(self, images: Array) -> Array:
+  def __call__(self, images: Array, cond: Array | None = None) -> Array:
     expected = (self.resolution, self.resolution, self.img_channels)
     if images.ndim != 4 or images.shape[1:] != expected:
       raise ValueError(f"expected images of shape [B, {', '.join(map(str, expected))}], "
                        f"got {images.shape}")
     channels = lambda res: num_channels(res, self.channel_base, self.channel_max)
+    cond_embedding = None
+    if self.cond_dim:
+      if cond is None or cond.shape != (images.shape[0], self.cond_dim):
+        got = None if cond is None else cond.shape
+        raise ValueError(f"expected cond of shape [{images.shape[0]}, {self.cond_dim}], "
+                         f"got {got}")
+      cond_embedding = layers.FullyConnectedLayer(channels(4), use_bias=False, name="d_emb")(
+          layers.at_least_float32(cond))
+    elif cond is not None:
+      raise ValueError("this discriminator is unconditional (cond_dim=0); pass no condition")
     x = images
     for res in _discriminator_block_resolutions(self.resolution):
       x = DiscriminatorBlock(channels(res), channels(res // 2),
@@ -492,4 +591,4 @@ class Discriminator(nn.Module):
                              resample_taps=self.resample_taps, conv_clamp=self.conv_clamp,
                              dtype=self.dtype, name=f"b{res}")(x)
     return DiscriminatorEpilogue(channels(4), self.mbstd_group_size, self.mbstd_num_channels,
-                                 conv_clamp=self.conv_clamp, name="b4")(x)
+                                 conv_clamp=self.conv_clamp, name="b4")(x, cond_embedding)

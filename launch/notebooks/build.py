@@ -41,10 +41,7 @@ REPO_DIR = "gantransfer_jax"  # Relative to the working directory (/content in C
 
 _SETUP = """\
 import glob
-import importlib.util
-import logging as std_logging
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -78,26 +75,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax
 from absl import logging
 
-import gantransfer_jax
+from gantransfer_jax import config_files  # configs/NAME.py, loaded as --config loads them.
 from gantransfer_jax import main as cli
 
 logging.set_verbosity(logging.INFO)  # The training loop's progress lines.
-std_logging.getLogger("absl").addFilter(cli._QuietLibraries())  # As the CLI: no Orbax chatter.
+cli.quiet_library_logs()  # As the CLI: no Orbax chatter.
 print(f"JAX {jax.__version__}, backend {jax.default_backend()}: {jax.devices()}")
 
-REPO_ROOT = pathlib.Path(gantransfer_jax.__file__).resolve().parents[1]
-
-
-def load_config_module(name):
-  \"\"\"configs/NAME.py, loaded by path as `--config=configs/NAME.py:PRESET` loads it.\"\"\"
-  path = REPO_ROOT / "configs" / f"{name}.py"
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: install the package from a repository checkout "
-                            "(pip install -e), which has configs/ beside gantransfer_jax/")
-  spec = importlib.util.spec_from_file_location(f"{name}_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def pretrain_workdir(preset, source="synth:primitives_ps"):
@@ -229,7 +213,7 @@ def ps_pretrain() -> nbformat.NotebookNode:
       _code("""
           from gantransfer_jax import assets
 
-          config = with_overrides(load_config_module("ps_pretrain").get_config(PRESET), {
+          config = with_overrides(config_files.load_module("ps_pretrain").get_config(PRESET), {
               "total_steps": TOTAL_STEPS, "eval_every": EVAL_EVERY,
               "eval_num_images": EVAL_NUM_IMAGES, **OVERRIDES})
           WORKDIR = pretrain_workdir(PRESET)
@@ -277,7 +261,7 @@ def finetune() -> nbformat.NotebookNode:
           the earlier workdirs in `COMPARE` to plot the methods together.""",
           _COLAB_NOTE),
       _code("""
-          METHOD = "transfergan"  # One of configs/finetune.py's METHODS.
+          METHOD = "transfergan"  # One of configs/finetune.py's METHODS (DIP's: + ",stylegan2").
           QUICK = True  # The ',quick' presets (32 x 32, CPU-sized); False: the paper's recipe.
           INIT_CHECKPOINT = ""  # A pretrained workdir or checkpoint; "": pretrain one here.
           PRETRAIN_PRESET = None  # Its configs/ps_pretrain.py preset; None: the method's.
@@ -304,16 +288,15 @@ def finetune() -> nbformat.NotebookNode:
           from gantransfer_jax import assets
           from gantransfer_jax import images
 
-          finetune_configs = load_config_module("finetune")
-          if METHOD not in finetune_configs.METHODS:
-            raise ValueError(f"METHOD {METHOD!r} is unknown; valid: {finetune_configs.METHODS}")
+          finetune_configs = config_files.load_module("finetune")
+          PRESET = f"{METHOD},quick" if QUICK else METHOD
           config = with_overrides(
-              finetune_configs.get_config(f"{METHOD},quick" if QUICK else METHOD),
+              finetune_configs.get_config(PRESET),
               {"data.source": DATA_SOURCE, "data.num_images": NUM_IMAGES,
                "total_steps": TOTAL_STEPS, "eval_num_images": EVAL_NUM_IMAGES})
           config.eval_every = config.total_steps // 5 if EVAL_EVERY is None else EVAL_EVERY
           config = with_overrides(config, OVERRIDES)
-          WORKDIR = os.path.join(WORKDIR_ROOT, METHOD)
+          WORKDIR = os.path.join(WORKDIR_ROOT, METHOD.replace(",", "_"))
           if config.eval_every:
             assets.main(["inception"])  # The FID Inception weights (cached after the first time).
           if config.get("dip"):
@@ -328,14 +311,13 @@ def finetune() -> nbformat.NotebookNode:
       _code("""
           from gantransfer_jax import train
 
-          if METHOD in finetune_configs.TRANSFER_METHODS:
+          if config.method in finetune_configs.TRANSFER_METHODS:
             if not INIT_CHECKPOINT:
               if PRETRAIN_PRESET is None:  # The model configs/finetune.py builds on.
-                PRETRAIN_PRESET = ",".join(p for p in (finetune_configs._base_model(METHOD),
-                                                       "quick" if QUICK else "") if p)
+                PRETRAIN_PRESET = finetune_configs.pretrain_preset(PRESET)
               INIT_CHECKPOINT = pretrain_workdir(PRETRAIN_PRESET)
               train.train_and_evaluate(
-                  with_overrides(load_config_module("ps_pretrain").get_config(PRETRAIN_PRESET),
+                  with_overrides(config_files.load_module("ps_pretrain").get_config(PRETRAIN_PRESET),
                                  PRETRAIN_OVERRIDES),
                   INIT_CHECKPOINT)
             config.init_checkpoint = INIT_CHECKPOINT
@@ -407,7 +389,7 @@ def select_checkpoint() -> nbformat.NotebookNode:
             for source in PRETRAIN_SOURCES:
               workdirs.append(pretrain_workdir(PRETRAIN_PRESET, source))
               train.train_and_evaluate(
-                  with_overrides(load_config_module("ps_pretrain").get_config(PRETRAIN_PRESET),
+                  with_overrides(config_files.load_module("ps_pretrain").get_config(PRETRAIN_PRESET),
                                  {"data.source": source, **PRETRAIN_OVERRIDES}),
                   workdirs[-1])
             CANDIDATES = ",".join(workdirs)
@@ -422,7 +404,7 @@ def select_checkpoint() -> nbformat.NotebookNode:
           from gantransfer_jax.tasks import select
 
           assets.main(["inception"])  # The FID Inception weights (cached after the first time).
-          select_config = with_overrides(load_config_module("select").get_config(), {
+          select_config = with_overrides(config_files.load_module("select").get_config(), {
               "candidates": CANDIDATES, "data": DATA_SOURCE, "num_samples": NUM_SAMPLES,
               **SELECT_OVERRIDES})
           report = select.run(select_config, os.path.join(WORKDIR_ROOT, "select"))"""),
