@@ -81,6 +81,27 @@ def test_init_checkpoint_really_loads_the_weights(pretrained, target_npz):
   assert int(loaded.step) == 0  # Finetuning counts its own steps.
 
 
+def test_checkpoint_in_the_layout_before_model_states_still_transfers(
+    pretrained, target_npz, tmp_path):
+  """Checkpoints once kept only StyleGAN2's w_avg ('g_stats'), no noise maps, no D state."""
+  saved_config, state, _ = checkpoints.restore_raw(str(pretrained))
+  old = {name: value for name, value in state.items() if name not in ("g_state", "d_state")}
+  old["g_stats"] = state["g_state"]["stats"]
+  old_workdir = str(tmp_path / "old_layout")
+  checkpoints.save_new_workdir(old_workdir, old, saved_config)
+
+  config = checkpoints.inherit_model_config(
+      finetune_config("transfergan", old_workdir, target_npz), old_workdir)
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  setup = train.build(config, mesh)
+  loaded = jax.device_get(train.load_init_params(setup.state, old_workdir, setup, mesh))
+  np.testing.assert_array_equal(loaded.g_state["stats"]["w_avg"],
+                                state["g_state"]["stats"]["w_avg"])
+  # The constant noise maps the old layout lacks are the fresh model's.
+  jax.tree.map(np.testing.assert_array_equal, loaded.g_state["noise_consts"],
+               jax.device_get(setup.state.g_state["noise_consts"]))
+
+
 def test_freezed_keeps_frozen_blocks_bit_identical_without_optimizer_state(
     pretrained, target_npz, tmp_path):
   config = finetune_config("freezed", pretrained, target_npz, freeze_d=1)

@@ -104,12 +104,13 @@ class Gan:
       pretrained: `checkpoints.restore_params` of the source checkpoint.
 
     Default: the pretrained G, G_ema, G state and D as they are (TransferGAN, FreezeD).
+    State collections the source lacks come from the fresh model: checkpoints written
+    before the model families kept only StyleGAN2's w_avg, not its constant noise maps.
     """
-    del fresh
     return {"g_params": pretrained["generator"], "g_ema_params": pretrained["generator_ema"],
-            "g_state": pretrained["generator_state"],
+            "g_state": {**fresh["g_state"], **pretrained["generator_state"]},
             "d_params": pretrained["discriminator"],
-            "d_state": pretrained["discriminator_state"]}
+            "d_state": {**fresh["d_state"], **pretrained["discriminator_state"]}}
 
   def frozen_prefixes(self) -> FrozenPrefixes:
     return FrozenPrefixes()
