@@ -173,7 +173,8 @@ def test_transfer_from_an_unconditional_source_starts_as_the_source():
                  "generator_state": {}, "discriminator": fresh_d["params"],
                  "discriminator_state": {}}
   with pytest.raises(ValueError, match="conditional StyleGAN2"):
-    source.transfer({}, conditional)
+    source.transfer({"g_params": g_params, "g_state": g_state, "d_params": d_params,
+                     "d_state": d_state}, conditional)
 
 
 def test_inference_tools_serve_the_stylegan2_generator(tiny, tmp_path):
