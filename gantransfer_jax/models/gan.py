@@ -177,10 +177,7 @@ class StyleGAN2Gan(Gan):
                          "but this config is unconditional; set dip.prior or num_classes")
       return loaded
     if source_conditional:
-      for name, fresh_name in (("g_params", "g_params"), ("g_ema_params", "g_params"),
-                               ("d_params", "d_params")):
-        loaded[name] = _keep_fresh_embeddings(fresh[fresh_name], loaded[name])
-      return loaded
+      return _keep_fresh_condition_embeddings(fresh, loaded)
     for name in ("g_params", "g_ema_params"):
       loaded[name] = _add_stylegan2_g_embedding(fresh["g_params"], loaded[name])
     d_emb = jax.tree.map(np.zeros_like, fresh["d_params"][D_EMBEDDING])
@@ -435,11 +432,7 @@ class SNGan(Gan):
     """As TransferGAN, except the condition embeddings G_emb and D_emb when the source
     was conditioned differently (e.g. unconditional, or on another prior or label set):
     those start fresh, everything else is transferred."""
-    loaded = super().transfer(fresh, pretrained)
-    for name, fresh_name in (("g_params", "g_params"), ("g_ema_params", "g_params"),
-                             ("d_params", "d_params")):
-      loaded[name] = _keep_fresh_embeddings(fresh[fresh_name], loaded[name])
-    return loaded
+    return _keep_fresh_condition_embeddings(fresh, super().transfer(fresh, pretrained))
 
   def generate(self, g_params, g_state, z, cond, key):
     del key
@@ -461,6 +454,15 @@ class SNGan(Gan):
 
 
 _CONDITION_EMBEDDINGS = (G_EMBEDDING, D_EMBEDDING)
+
+
+def _keep_fresh_condition_embeddings(fresh: dict[str, Any],
+                                     loaded: dict[str, Any]) -> dict[str, Any]:
+  """`Gan.transfer` fields with G's, G_ema's and D's mismatched embeddings made fresh."""
+  return {**loaded,
+          "g_params": _keep_fresh_embeddings(fresh["g_params"], loaded["g_params"]),
+          "g_ema_params": _keep_fresh_embeddings(fresh["g_params"], loaded["g_ema_params"]),
+          "d_params": _keep_fresh_embeddings(fresh["d_params"], loaded["d_params"])}
 
 
 def _keep_fresh_embeddings(fresh: Params, loaded: Params) -> Params:
