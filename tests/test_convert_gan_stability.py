@@ -1,12 +1,13 @@
-"""The AdaFM authors' GAN_stability ResNet checkpoints -> our flax params: mapping, files, errors.
+"""GAN_stability resnet2 checkpoints -> our flax params, tested against the official code.
 
-The authors' files are built from a random draw of our params through the inverse mapping,
-made conditional as theirs are (a class embedding, G's fc reading [z, embedding], D's fc
-with one output per class), wrapped as GAN_stability checkpoints with DataParallel's
-'module.' prefix, and saved as plain pickles of numpy arrays and, when torch is installed,
-as real torch files.
+`shared/reference/gan_stability_resnet2_nf8/` (beside the repository) holds a checkpoint
+written by the authors' `train.py` (DataParallel keys, 'generator', 'discriminator',
+'generator_test', RMSprop states, 'it') and the official networks' outputs on fixed
+inputs. Every conversion here goes through `launch/convert_gan_stability.py`, as a user
+would run it, and the converted networks must reproduce the official outputs.
 """
 
+import json
 import os
 import pathlib
 import pickle
@@ -22,227 +23,213 @@ from configs import finetune
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
 from gantransfer_jax.convert import gan_stability
+from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import gan as gan_lib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-ARCH = gan_stability.Architecture(resolution=8, nf=4, z_dim=6)
-EMBED_SIZE = 5
-NUM_CLASSES = 3
-D_CLASS = 2
-
-
-def _random_like(shapes, seed):
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+FIXTURE = _ROOT.parent / "shared" / "reference" / "gan_stability_resnet2_nf8"
+# A float32 implementation of the same function reaches ~3e-7 (the fixture's README).
+TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def ours():
-  shapes = gan_stability.expected_params(ARCH)
-  return {name: _random_like(tree, seed) for seed, (name, tree) in enumerate(shapes.items())}
+def reference():
+  if not (FIXTURE / "model.pt").is_file():
+    pytest.skip(f"no reference fixture at {FIXTURE}")
+  with np.load(FIXTURE / "expected.npz") as data:
+    expected = {name: data[name] for name in data.files}
+  info = json.loads((FIXTURE / "fixture.json").read_text())
+  return expected, info["fixed_class"]
+
+
+def _relative_error(ours, official):
+  ours, official = np.asarray(ours, np.float64), np.asarray(official, np.float64)
+  return float(np.linalg.norm(ours - official) / np.linalg.norm(official))
+
+
+def _nhwc(images):
+  return np.asarray(images).transpose(0, 2, 3, 1)
+
+
+def _convert(tmp_path, *args):
+  """Runs the converter script; returns its stdout."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(_ROOT)}
+  result = subprocess.run([sys.executable, str(_ROOT / "launch" / "convert_gan_stability.py"),
+                           *args], capture_output=True, text=True, check=False, env=env,
+                          timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
 
 
 @pytest.fixture(scope="module")
-def base_config():
-  return ps_pretrain.get_config("resnet")
+def class_workdir(reference, tmp_path_factory):
+  """The authors' training checkpoint at the fixed class, as a workdir (stdout, path)."""
+  _, fixed_class = reference
+  workdir = tmp_path_factory.mktemp("gan_stability") / "converted"
+  stdout = _convert(workdir.parent, f"--src={FIXTURE / 'model.pt'}", f"--workdir={workdir}",
+                    f"--generator_class={fixed_class}")
+  return stdout, str(workdir)
 
 
-def _conditional(ours, seed=10):
-  """The authors' {'generator', 'discriminator'} state dicts holding `ours`."""
-  rng = np.random.default_rng(seed)
-  g = gan_stability.export_network(ours["generator"])
-  g["embedding.weight"] = rng.standard_normal((NUM_CLASSES, EMBED_SIZE)).astype(np.float32)
-  embed_columns = rng.standard_normal((g["fc.weight"].shape[0], EMBED_SIZE))
-  g["fc.weight"] = np.concatenate([g["fc.weight"], embed_columns.astype(np.float32)], axis=1)
-  d = gan_stability.export_network(ours["discriminator"])
-  class_rows = rng.standard_normal((NUM_CLASSES, d["fc.weight"].shape[1])).astype(np.float32)
-  class_rows[D_CLASS] = d["fc.weight"][0]
-  class_bias = rng.standard_normal(NUM_CLASSES).astype(np.float32)
-  class_bias[D_CLASS] = d["fc.bias"][0]
-  d["fc.weight"], d["fc.bias"] = class_rows, class_bias
-  return {"generator": g, "discriminator": d}
+def test_training_checkpoint_reproduces_the_authors_g_and_d_at_a_class(
+    reference, class_workdir):
+  expected, fixed_class = reference
+  stdout, workdir = class_workdir
+  # Which network went where, in the output: G and G_ema are the trained 'generator'.
+  assert "g_params <- 'generator' (the trained G, which AdaFM transfers)" in stdout
+  assert f"d_params <- 'discriminator', fc row {fixed_class}" in stdout
+  config, params = checkpoints.restore_params(workdir)
+  assert (config.model, config.resolution, config.resnet.nf, config.resnet.z_dim) == (
+      "resnet", 128, 8, 32)
+  gan = gan_lib.build_gan(config)
+  for name in ("generator", "generator_ema"):
+    images = gan.generator.apply({"params": params[name]}, expected["z"])
+    assert _relative_error(images, _nhwc(expected["g_y3"])) < TOLERANCE, name
+  logits = gan.discriminator.apply({"params": params["discriminator"]},
+                                   _nhwc(expected["d_in"]))
+  assert _relative_error(logits, expected["d_out_y3"]) < TOLERANCE
 
 
-def _checkpoint(networks):
-  """GAN_stability's checkpoint layout, DataParallel-wrapped, with optimizer state to skip."""
-  wrapped = {name: {f"module.{k}": v for k, v in sd.items()} for name, sd in networks.items()}
-  wrapped["g_optimizer"] = {"state": {0: {"exp_avg": np.zeros(3, np.float32)}}}
-  wrapped["it"] = 1234
-  return wrapped
-
-
-def _assert_trees_equal(actual, expected):
-  actual, expected = traverse_util.flatten_dict(actual), traverse_util.flatten_dict(expected)
-  assert sorted(actual) == sorted(expected)
-  for path in expected:
-    np.testing.assert_array_equal(actual[path], expected[path], err_msg="/".join(path))
-
-
-def test_authors_names_and_shapes_at_imagenet_128():
-  """Guards the mapping against a hand-written slice of the authors' nf 64 state dict."""
-  shapes = gan_stability.expected_params(gan_stability.Architecture(128, 64, 256))
-  def official(network):
-    flat = traverse_util.flatten_dict(shapes[network])
-    return {gan_stability.official_name(p): gan_stability.to_official(
-        np.empty(s.shape, np.uint8)).shape for p, s in flat.items() if s.size < 2 ** 24}
-  g, d = official("generator"), official("discriminator")
-  assert g["resnet_0.0.conv_0.weight"] == (1024, 1024, 3, 3)
-  assert g["resnet_2.0.conv_0.weight"] == (512, 1024, 3, 3)
-  assert g["resnet_2.0.conv_s.weight"] == (512, 1024, 1, 1)
-  assert g["resnet_5.1.conv_1.bias"] == (64,)
-  assert g["conv_img.weight"] == (3, 64, 3, 3)
-  assert g["fc.weight"] == (1024 * 16, 256)  # Theirs is (16384, 256 + embed_size).
-  assert d["conv_img.weight"] == (64, 3, 3, 3)
-  assert d["resnet_0.1.conv_s.weight"] == (128, 64, 1, 1)
-  assert d["resnet_5.1.conv_1.weight"] == (1024, 1024, 3, 3)
-  assert d["fc.weight"] == (1, 1024 * 16)  # Theirs is (nlabels, 16384).
-  assert "resnet_0.0.conv_s.weight" not in g and "resnet_0.0.conv_s.weight" not in d
-
-
-def test_round_trip_from_a_pickle_of_numpy_arrays(ours, tmp_path):
-  src, out = tmp_path / "ckpt.pkl", tmp_path / "converted.npz"
-  with open(src, "wb") as f:
-    pickle.dump(_checkpoint(_conditional(ours)), f)
-  architecture = gan_stability.convert_file(src, out, discriminator_class=D_CLASS)
-  assert architecture == ARCH
+def test_ema_generator_on_request(reference, tmp_path):
+  expected, fixed_class = reference
+  out = tmp_path / "ema.npz"
+  stdout = _convert(tmp_path, f"--src={FIXTURE / 'model.pt'}", f"--out={out}",
+                    "--generator_key=generator_test", f"--generator_class={fixed_class}")
+  assert "G <- 'generator_test'" in stdout
   variables, architecture = gan_stability.load_npz(out)
-  assert architecture == ARCH
-  _assert_trees_equal(variables["generator"]["params"], ours["generator"])
-  _assert_trees_equal(variables["discriminator"]["params"], ours["discriminator"])
-
-  z = jax.random.normal(jax.random.key(0), (2, ARCH.z_dim))
-  images = ARCH.generator().apply(variables["generator"], z)
-  np.testing.assert_allclose(images, ARCH.generator().apply({"params": ours["generator"]}, z),
-                             rtol=1e-6, atol=1e-6)
-  assert ARCH.discriminator().apply(variables["discriminator"], images).shape == (2,)
+  images = architecture.generator().apply(variables["generator"], expected["z"])
+  assert _relative_error(images, _nhwc(expected["g_test_y3"])) < TOLERANCE
+  assert _relative_error(images, _nhwc(expected["g_y3"])) > 1e-3  # The two Gs differ.
 
 
-def test_discriminator_fc_is_reinitialised_by_default(ours):
-  params, _ = gan_stability.convert(_conditional(ours), seed=3)
-  fc = params["discriminator"]["fc"]
-  assert fc["kernel"].shape == ours["discriminator"]["fc"]["kernel"].shape
-  assert not np.allclose(fc["kernel"], ours["discriminator"]["fc"]["kernel"])
-  again, _ = gan_stability.convert(_conditional(ours), seed=3)
-  np.testing.assert_array_equal(again["discriminator"]["fc"]["kernel"], fc["kernel"])
-  with pytest.raises(gan_stability.LayoutError, match="out of range"):
-    gan_stability.convert(_conditional(ours), discriminator_class=NUM_CLASSES)
+def test_bare_state_dicts_as_adafm_saves_them(reference, tmp_path):
+  """download_pretrainedGAN.py saves `generator.module.state_dict()` (no 'module.') and D
+  in a second file."""
+  expected, fixed_class = reference
+  entries = torch_pickle.load(FIXTURE / "model.pt")
+  bare = {name: {key.removeprefix("module."): value for key, value in entries[name].items()}
+          for name in ("generator", "discriminator")}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    for name, state in bare.items():
+      torch.save({k: torch.from_numpy(v) for k, v in state.items()},
+                 tmp_path / f"ImageNetPre_{name}")
+  except ImportError:  # The reader takes pickles of numpy arrays as well.
+    for name, state in bare.items():
+      (tmp_path / f"ImageNetPre_{name}").write_bytes(pickle.dumps(state))
+  workdir = tmp_path / "converted"
+  stdout = _convert(tmp_path, f"--src={tmp_path / 'ImageNetPre_generator'}",
+                    f"--discriminator_src={tmp_path / 'ImageNetPre_discriminator'}",
+                    f"--workdir={workdir}", f"--generator_class={fixed_class}")
+  assert "ImageNetPre_discriminator: discriminator', fc row" in stdout
+  config, params = checkpoints.restore_params(str(workdir))
+  gan = gan_lib.build_gan(config)
+  images = gan.generator.apply({"params": params["generator_ema"]}, expected["z"])
+  assert _relative_error(images, _nhwc(expected["g_y3"])) < TOLERANCE
+  logits = gan.discriminator.apply({"params": params["discriminator"]},
+                                   _nhwc(expected["d_in"]))
+  assert _relative_error(logits, expected["d_out_y3"]) < TOLERANCE
 
 
-def test_torch_files_and_bare_state_dicts(ours, tmp_path):
-  torch = pytest.importorskip("torch")
-  networks = _conditional(ours)
-  tensors = jax.tree.map(lambda v: torch.from_numpy(v) if isinstance(v, np.ndarray) else v,
-                         _checkpoint(networks))
-  torch.save(tensors, tmp_path / "ckpt.pt")
-  torch.save(tensors["generator"], tmp_path / "generator.pth")  # Bare, 'module.' prefixed.
-  for name in ("ckpt.pt", "generator.pth"):
-    found = gan_stability.read_networks(tmp_path / name)
-    params, architecture = gan_stability.convert(found, discriminator_class=D_CLASS)
-    assert architecture == ARCH
-    _assert_trees_equal(params["generator"], ours["generator"])
-  assert sorted(gan_stability.read_networks(tmp_path / "ckpt.pt")) == [
-      "discriminator", "generator"]
+@pytest.fixture(scope="module")
+def networks(reference):
+  del reference
+  return gan_stability.read_networks(FIXTURE / "model.pt")
 
 
-def test_layout_errors(ours):
-  good = _conditional(ours)
+def test_class_free_default_drops_the_label_term_and_reinitialises_d_fc(networks):
+  params, _ = gan_stability.convert(networks, seed=3)
+  np.testing.assert_array_equal(params["generator"]["fc"]["bias"],
+                                networks["generator"]["fc.bias"])
+  np.testing.assert_array_equal(params["generator"]["fc"]["kernel"],
+                                networks["generator"]["fc.weight"][:, :32].T)
+  d_fc = params["discriminator"]["fc"]
+  assert d_fc["kernel"].shape == (2048, 1)
+  assert not any(np.allclose(d_fc["kernel"][:, 0], row)
+                 for row in networks["discriminator"]["fc.weight"])
+  again, _ = gan_stability.convert(networks, seed=3)
+  np.testing.assert_array_equal(again["discriminator"]["fc"]["kernel"], d_fc["kernel"])
 
-  def convert_with(network, edit):
-    networks = {k: dict(v) for k, v in good.items()}
-    edit(networks[network])
-    return gan_stability.convert(networks)
 
-  with pytest.raises(gan_stability.LayoutError, match=r"missing generator\.resnet_1\.0\.conv_s"):
-    convert_with("generator", lambda sd: sd.pop("resnet_1.0.conv_s.weight"))
+def test_layout_errors(networks):
+  def convert_with(network, edit, **options):
+    edited = {k: dict(v) for k, v in networks.items()}
+    edit(edited[network])
+    return gan_stability.convert(edited, **options)
+
+  with pytest.raises(gan_stability.LayoutError, match=r"missing generator\.resnet_2_0\.conv_s"):
+    convert_with("generator", lambda sd: sd.pop("resnet_2_0.conv_s.weight"))
   with pytest.raises(gan_stability.LayoutError, match=r"unexpected discriminator\.attn\.gamma"):
     convert_with("discriminator", lambda sd: sd.update({"attn.gamma": np.zeros(1)}))
-  with pytest.raises(gan_stability.LayoutError, match=r"wrong shape generator\.resnet_0\.1"):
+  with pytest.raises(gan_stability.LayoutError,
+                     match=r"wrong shape generator\.resnet_0_1\.conv_1\.weight"):
     convert_with("generator", lambda sd: sd.update(
-        {"resnet_0.1.conv_1.weight": np.zeros((8, 8, 1, 1), np.float32)}))
-  with pytest.raises(gan_stability.LayoutError, match="groups resnet_0"):
-    convert_with("generator", lambda sd: [sd.pop(k) for k in list(sd) if "resnet_0." in k])
+        {"resnet_0_1.conv_1.weight": np.zeros((8, 8, 1, 1), np.float32)}))
+  with pytest.raises(gan_stability.LayoutError, match="out of range: the file has 10 classes"):
+    gan_stability.convert(networks, generator_class=10)
+  with pytest.raises(gan_stability.LayoutError, match="out of range"):
+    gan_stability.convert(networks, discriminator_class=10)
+  # A resnet2 of another size: G's fc implies it.
+  with pytest.raises(gan_stability.LayoutError, match="a resnet2 of size 256; only size 128"):
+    convert_with("generator", lambda sd: sd.update(
+        {"fc.weight": np.zeros((128 * 64, 48), np.float32)}))
+  # GAN_stability's 'resnet' family (celebA-HQ, LSUN) keeps its blocks in a Sequential.
+  sequential = {key.replace("resnet_0_0.", "resnet.0."): value
+                for key, value in networks["generator"].items() if "resnet_" not in key
+                or key.startswith("resnet_0_0.")}
+  with pytest.raises(gan_stability.LayoutError, match=r"'resnet' family, blocks resnet\.<i>"):
+    gan_stability.convert({"generator": sequential})
   with pytest.raises(gan_stability.LayoutError, match="not a GAN_stability"):
-    gan_stability.split_networks({"net.weight": np.zeros(3)})
-  with pytest.raises(gan_stability.LayoutError, match="no generator"):
-    gan_stability.read_networks(pickle.dumps({"discriminator": good["discriminator"]}))
+    gan_stability.split_entries({"net.weight": np.zeros(3)})
+  only_d = pickle.dumps({"discriminator": networks["discriminator"]})
+  with pytest.raises(gan_stability.LayoutError, match="holds no 'generator' network"):
+    gan_stability.read_networks(only_d)
 
 
-def test_launch_script(ours, tmp_path):
-  src, out = tmp_path / "generator.pkl", tmp_path / "g.npz"
-  with open(src, "wb") as f:
-    pickle.dump(_conditional(ours)["generator"], f)
-  result = subprocess.run([sys.executable, "launch/convert_gan_stability.py", f"--src={src}",
-                           f"--out={out}"], capture_output=True, text=True, check=False,
-                          env={"JAX_PLATFORMS": "cpu", "PYTHONPATH": "."})
-  assert result.returncode == 0, result.stderr
-  variables, architecture = gan_stability.load_npz(out)
-  assert architecture == ARCH and sorted(variables) == ["generator"]
-
-
-def test_workdir_is_a_checkpoint_a_finetune_starts_from(ours, base_config, tmp_path):
-  # The EMA G differs from G, so taking the wrong one shows.
-  ema = _random_like(gan_stability.expected_params(ARCH)["generator"], seed=7)
-  networks = _conditional(ours)
-  networks["generator_test"] = _conditional({**ours, "generator": ema})["generator"]
-  src, npz, workdir = tmp_path / "ckpt.pkl", tmp_path / "converted.npz", tmp_path / "converted"
-  with open(src, "wb") as f:
-    pickle.dump(_checkpoint(networks), f)
-  gan_stability.convert_file(src, npz, discriminator_class=D_CLASS)
-  written = gan_stability.convert_file_to_workdir(src, workdir, base_config,
-                                                  discriminator_class=D_CLASS)
-
-  config, params = checkpoints.restore_params(str(workdir))
-  variables, _ = gan_stability.load_npz(npz)
-  _assert_trees_equal(params["generator"], variables["generator"]["params"])
-  _assert_trees_equal(params["discriminator"], variables["discriminator"]["params"])
-  _assert_trees_equal(params["generator_ema"], ema)
-  assert params["generator_state"] == {} and params["discriminator_state"] == {}
-  saved = checkpoints.restore_raw_config(str(workdir))
-  assert (saved.model, saved.resolution, saved.resnet.nf, saved.resnet.z_dim) == (
-      "resnet", ARCH.resolution, ARCH.nf, ARCH.z_dim)
-  assert saved.converted_from == str(src) and written.to_dict() == saved.to_dict()
-  assert saved.optim.g_lr == base_config.optim.g_lr  # The resnet recipe travels along.
-
-  gan = gan_lib.build_gan(config)
-  z = jax.random.normal(jax.random.key(0), (2, ARCH.z_dim))
-  images = gan.generator.apply({"params": params["generator_ema"]}, z)
-  np.testing.assert_allclose(images, ARCH.generator().apply({"params": ema}, z),
-                             rtol=1e-6, atol=1e-6)
-  assert gan.discriminator.apply({"params": params["discriminator"]}, images).shape == (2,)
-  # AdaFM's finetune config takes its model fields from the converted checkpoint.
-  inherited = checkpoints.inherit_model_config(finetune.get_config("adafm"), str(workdir))
-  assert (inherited.model, inherited.resolution, inherited.resnet.nf) == ("adafm", 8, 4)
-
-  with pytest.raises(FileExistsError, match="already holds checkpoints"):
-    gan_stability.convert_file_to_workdir(src, workdir, base_config)
-
-
-def test_workdir_without_discriminator_or_ema(ours, base_config):
-  with pytest.warns(UserWarning, match="no discriminator: D is initialised from seed 4"):
-    _, state = gan_stability.convert_checkpoint(
-        {"generator": _conditional(ours)["generator"]}, base_config, seed=4)
-  _assert_trees_equal(state["g_ema_params"], ours["generator"])
-  _assert_trees_equal(state["g_params"], ours["generator"])
-  expected = gan_stability.expected_params(ARCH)["discriminator"]
-  assert jax.tree.structure(state["d_params"]) == jax.tree.structure(expected)
-  _assert_trees_equal(state["d_params"], gan_stability.initial_discriminator(ARCH, 4))
-  bad_ema = dict(_conditional(ours)["generator"])
-  bad_ema.pop("conv_img.weight")
-  with pytest.raises(gan_stability.LayoutError, match=r"(?s)'generator_test'.*missing generator"):
-    gan_stability.convert_checkpoint(_conditional(ours), base_config, ema=bad_ema)
-
-
-def test_launch_script_writes_a_workdir(ours, tmp_path):
-  src, workdir = tmp_path / "ckpt.pkl", tmp_path / "converted"
-  with open(src, "wb") as f:
-    pickle.dump(_checkpoint(_conditional(ours)), f)
+def test_launch_script_errors_are_one_line(reference, class_workdir, tmp_path):
+  del reference
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(_ROOT)}
-  command = [sys.executable, str(_ROOT / "launch" / "convert_gan_stability.py"), f"--src={src}"]
-  result = subprocess.run([*command, f"--workdir={workdir}"], capture_output=True, text=True,
-                          check=False, env=env, timeout=120)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "nf 4, z_dim 6" in result.stdout
-  config = checkpoints.restore_raw_config(str(workdir))
-  assert (config.model, config.resolution, config.resnet.nf) == ("resnet", 8, 4)
-  assert config.optim.g_lr == 1e-4  # From the default base config, ps_pretrain.py:resnet.
+  command = [sys.executable, str(_ROOT / "launch" / "convert_gan_stability.py"),
+             f"--src={FIXTURE / 'model.pt'}", f"--workdir={class_workdir[1]}"]
+  result = subprocess.run(command, capture_output=True, text=True, check=False, env=env,
+                          timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "already holds checkpoints" in result.stderr
+
+
+def test_adafm_finetune_starts_from_the_converted_workdir(reference, class_workdir, tmp_path):
+  """The converted workdir is an init_checkpoint: AdaFM's frozen general part is the
+  authors' G (its groups nearest the image) and D is the authors' D."""
+  from gantransfer_jax import parallel  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
+
+  del reference
+  workdir = class_workdir[1]
+  target = tmp_path / "target.npz"
+  rng = np.random.default_rng(0)
+  np.savez(target, images=rng.integers(0, 256, (4, 128, 128, 3), dtype=np.uint8))
+  config = finetune.get_config("adafm,quick")
+  config.init_checkpoint = workdir
+  config.data.source = f"npz:{target}"
+  config.data.num_images = 0
+  config.batch_size = 2
+  config = checkpoints.inherit_model_config(config, workdir)
+  assert (config.model, config.resolution, config.resnet.nf) == ("adafm", 128, 8)
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  setup = train.build(config, mesh)
+  loaded = jax.device_get(train.load_init_params(setup.state, workdir, setup, mesh))
+  _, converted = checkpoints.restore_params(workdir)
+  general = traverse_util.flatten_dict(loaded.g_params[gan_lib.GENERAL])
+  source = traverse_util.flatten_dict(converted["generator"])
+  assert general and set(general) <= set(source)
+  for path, value in general.items():
+    np.testing.assert_array_equal(value, source[path], err_msg="/".join(path))
+  jax.tree.map(np.testing.assert_array_equal, loaded.d_params, converted["discriminator"])
+
+
+def test_base_config_recipe_travels_along(class_workdir):
+  saved = checkpoints.restore_raw_config(class_workdir[1])
+  assert saved.optim.g_lr == ps_pretrain.get_config("resnet").optim.g_lr
+  assert saved.converted_from == str(FIXTURE / "model.pt")
+  assert saved.converted_entries.g_ema_params == "'generator'"
