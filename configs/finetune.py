@@ -32,7 +32,9 @@ Presets: `--config=configs/finetune.py:METHOD[,stylegan2][,quick]`
 
 Paper hyperparameters by default. The model (kind, resolution, widths) of a transfer
 comes from the config saved with `init_checkpoint`; setting any of those fields on the
-command line must agree with it.
+command line must agree with it. The target `data.source` is required; it is used whole
+unless `data.num_images` asks for a seeded n-shot subset (the papers' n-shot runs
+set it, e.g. launch/worked_example.sh and launch/sweep.py).
 
   python -m gantransfer_jax.main --config=configs/finetune.py:adafm \
       --config.init_checkpoint=workdirs/resnet_pretrain --config.data.source=folder:/my/images
@@ -50,8 +52,6 @@ ADAFM_METHODS = ("adafm", "fs", "smallhead", "gphead")
 DIP_METHODS = ("dip", "dip_diffaug", "dip_freezed")
 MODIFIERS = ("stylegan2", "quick")
 METHODS = STYLEGAN2_METHODS + ADAFM_METHODS + DIP_METHODS + ("cifar",)
-# Methods that start from `init_checkpoint` (validation requires it).
-TRANSFER_METHODS = ("transfergan", "freezed", "dip_freezed", "cifar") + ADAFM_METHODS
 
 
 def _parse(preset: str) -> tuple[str, bool, bool]:
@@ -84,7 +84,10 @@ def pretrain_preset(preset: str) -> str:
 
 
 def _inherit_model_fields(config: ml_collections.ConfigDict, section: str) -> None:
-  """Model fields become placeholders, filled from the checkpoint's saved config."""
+  """A transfer from a `section`-family checkpoint: its model fields become
+  placeholders, filled from the checkpoint's saved config."""
+  config.init = "checkpoint"
+  config.init_model = section
   config.model = config_dict.placeholder(str)
   config.resolution = config_dict.placeholder(int)
   for key, value in config[section].items():
@@ -139,10 +142,16 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   ).get_config(pretrain_preset(preset))
   config.task = "finetune"
   config.method = method
+  # Where the weights start: "scratch" (random) or "checkpoint" (`init_checkpoint`, of
+  # the `init_model` family). The one record of it: validation, the sweep and the
+  # notebooks read this field.
+  config.init = "scratch"
+  config.init_model = config_dict.placeholder(str)
 
   config.data = ml_collections.ConfigDict(dict(
-      source="orl_faces",  # folder:PATH | tfds:NAME[:SPLIT] | npz:PATH | orl_faces
-      num_images=100,      # n-shot subset (0 = all), fixed by subset_seed.
+      # The target, required: folder:PATH | tfds:NAME[:SPLIT] | npz:PATH | orl_faces.
+      source=config_dict.placeholder(str),
+      num_images=0,        # n-shot subset (0 = the whole set), fixed by subset_seed.
       fraction=1.0,        # Or a stratified per-class fraction (labelled sets only).
       subset_seed=0,
       hflip=False,

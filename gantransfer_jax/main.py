@@ -2,16 +2,36 @@ r"""Command-line entry point: `python -m gantransfer_jax.main --config=CONFIG --
 
 The config's `task` picks what runs; each task is `run(config, workdir)` somewhere in
 the package, so new tasks plug in here without touching the training loop.
+
+User errors (a mistyped or invalid config, a missing file, unusable data, a checkpoint
+that does not fit the preset; see `gantransfer_jax.errors`) print one short message
+naming the problem and the fix, and exit with status 2; `--verbose` shows their
+traceback. Anything else is a bug: a traceback and status 1.
 """
 
-import importlib
-import logging as std_logging
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+# Before TensorFlow (imported for summaries) and JAX load: their C++ start-up logs
+# (oneDNN notices, CUDA/TPU probing) say nothing to act on. Users may still set them.
+# TF only writes summaries (and decodes TFDS images): its oneDNN kernels do not matter.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "2")
+os.environ.setdefault("TPU_MIN_LOG_LEVEL", "2")
+
+import ast  # pylint: disable=g-import-not-at-top,wrong-import-position
+import importlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import re  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+from collections.abc import Sequence  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from gantransfer_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gantransfer_jax import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/ps_pretrain.py or configs/ps_pretrain.py:quick.",
@@ -19,6 +39,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and samples go (default: workdirs/<task>). "
     "Running again with the same workdir resumes.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show tracebacks of user errors (config, paths, data) too.")
 flags.mark_flags_as_required(["config"])
 
 # task name -> "module:function"; functions take (config, workdir).
@@ -38,24 +60,78 @@ def resolve_task(name: str):
   return getattr(importlib.import_module(module), function)
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Keeps Orbax's per-save INFO chatter off the console; warnings still show."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+# Notebooks call it: what the command line does to absl's console log.
+quiet_library_logs = progress.quiet_library_logs
 
 
-def quiet_library_logs() -> None:
-  """What the command line does to absl's console log (notebooks call it too)."""
-  absl_logger = std_logging.getLogger("absl")
-  if not any(isinstance(f, _QuietLibraries) for f in absl_logger.filters):
-    absl_logger.addFilter(_QuietLibraries())
+# ---- One-line user errors ----------------------------------------------------------------
 
 
+def _override_of(field: str, argv: Sequence[str]) -> str | None:
+  """The `--config.A.B=V` argument whose path holds `field`, if any."""
+  for arg in argv:
+    path = arg.split("=", 1)[0]
+    if path.startswith("--config.") and field in path[len("--config."):].split("."):
+      return path
+  return None
+
+
+def _unquote(text: str) -> str:
+  """ml_collections nests its message in the repr of a KeyError in an AttributeError."""
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      break
+  return text
+
+
+def flag_error_message(error: Exception, argv: Sequence[str]) -> str:
+  """One line for a command-line error: absl's, or ml_collections' for an override.
+
+  ml_collections raises AttributeError/KeyError (with its "Did you mean" hint) for an
+  unknown field and TypeError for a field of a value, out of absl's reach.
+  """
+  text = errors.message(error)
+  if isinstance(error, (AttributeError, KeyError)):
+    name, _, hint = _unquote(text).partition("\n")
+    name = _unquote(name.strip())
+    flag = _override_of(name, argv) or "--config"
+    return f"{flag}: the config has no field {name!r}." + (f" {hint.strip()}" if hint else "")
+  section = re.match(r"flag (--config\.[\w.]+)=(.*?): Failed to parse .* as a ConfigDict",
+                     text)
+  if section:
+    flag, value = section.groups()
+    return (f"{flag} is a section of the config, not a value: set one of its fields, "
+            f"e.g. {flag}.source={value}")
+  if isinstance(error, TypeError):
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    return (f"{' / '.join(overrides) or '--config'}: a field path goes through a value "
+            f"that is not a section ({text}); check the spelling against the config file")
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if "Error whilst parsing config file" in text:  # absl quotes the config's traceback.
+    return f"{lines[0].split(': Error whilst', 1)[0]}: {lines[-1]}"
+  return " ".join(lines)
+
+
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, with config errors as one line and exit status 2."""
+  try:
+    return flags.FLAGS(list(argv))
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    if "--verbose" in argv:
+      raise
+    errors.exit_with(flag_error_message(e, argv[1:]))
+
+
+@errors.one_line_user_errors(verbose=lambda: _VERBOSE.value)
 def main(argv):
   quiet_library_logs()
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
+                         "--config, --workdir, --verbose and --config.FIELD=VALUE)")
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("workdirs", config.task)
   from gantransfer_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -65,4 +141,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

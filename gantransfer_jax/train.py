@@ -488,3 +488,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer.close()
   writer.close()
   return state
+    validation.check_init_checkpoint(config)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import jax
 import ml_collections
 
+from gantransfer_jax import errors
+
 MODELS = ("stylegan2", "resnet", "adafm", "sngan")
 CONDITIONAL_MODELS = ("sngan", "stylegan2")
 LOSSES = ("nonsaturating", "hinge", "wasserstein")
 ADAFM_KINDS = ("adafm", "fs", "none")
-# Finetuning methods that start from random weights; all others need init_checkpoint.
-FROM_SCRATCH = ("scratch", "dip", "dip_diffaug")
+# Checkpoint families a transfer of `init_model` accepts (an AdaFM run is a ResNet GAN).
+_FAMILY = {"adafm": "resnet"}
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config that cannot run; the message lists every problem found."""
 
 
@@ -99,18 +102,57 @@ def _check_model(config: ml_collections.ConfigDict) -> list[str]:
   try:
     gan_lib.build_gan(config).frozen_prefixes()
   except ValueError as e:
-    problems.append(str(e))
+    problems.append(str(e) + _freeze_d_hint(str(e)))
   return problems
+
+
+def _freeze_d_hint(problem: str) -> str:
+  """Which freeze_d fits, for a preset's value that does not fit the checkpoint's D."""
+  match = re.search(r"freeze_d must be in \[0, (\d+)\]", problem)
+  if not match:
+    return ""
+  fits = round((int(match.group(1)) + 1) * 4 / 7)
+  return (f"; FreezeD here freezes about 4/7 of D's blocks (the freezed presets: 4 of 7 "
+          f"at 256 x 256, 2 of 4 at 32 x 32 with ',quick'): set --config.freeze_d={fits}")
+
+
+def _check_init(config: ml_collections.ConfigDict) -> list[str]:
+  """`config.init` (set by the finetune presets) against `init_checkpoint`."""
+  init, checkpoint = config.get("init"), config.get("init_checkpoint")
+  if init == "checkpoint" and not checkpoint:
+    return [f"method {config.method!r} starts from a pretrained {config.init_model} model: "
+            "set --config.init_checkpoint=WORKDIR_OR_CHECKPOINT"]
+  if init == "scratch" and checkpoint:
+    return [f"method {config.method!r} starts from random weights: drop "
+            f"--config.init_checkpoint={checkpoint} (or pick a preset that transfers)"]
+  return []
+
+
+def check_init_checkpoint(config: ml_collections.ConfigDict) -> None:
+  """Before the checkpoint's model fields are inherited: it must exist and be of the
+  family the preset transfers from (a preset's other checks assume that family)."""
+  from gantransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  problems = _check_init(config)
+  if problems:
+    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+  expected, path = config.get("init_model"), config.init_checkpoint
+  saved = checkpoints.restore_raw_config(path).get("model")
+  if expected and _FAMILY.get(saved, saved) != expected:
+    raise ConfigError(
+        f"preset {config.get('method')!r} transfers from a {expected} checkpoint, but "
+        f"{path} holds a {saved!r} model: pick a finetune preset for {saved!r} models "
+        f"(configs/finetune.py lists them) or a {expected} checkpoint")
 
 
 def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
                           num_devices: int | None = None) -> None:
   """Raises ConfigError listing every problem with a pretraining/finetuning config."""
   num_devices = jax.device_count() if num_devices is None else num_devices
-  problems = []
-  if config.get("method") not in (None,) + FROM_SCRATCH and not config.get("init_checkpoint"):
-    problems.append(f"method {config.method!r} starts from a pretrained model: set "
-                    "--config.init_checkpoint=WORKDIR_OR_CHECKPOINT")
+  problems = _check_init(config)
+  if config.task == "finetune" and not config.data.get("source"):
+    problems.append("finetuning needs a target data set: set --config.data.source="
+                    "folder:/my/images (or npz:PATH, tfds:NAME[:SPLIT], orl_faces)")
   if config.model not in MODELS:
     problems.append(f"model {config.model!r} is unknown; valid: {', '.join(MODELS)}")
   if not _is_power_of_two(config.resolution) or not 16 <= config.resolution <= 1024:
@@ -139,10 +181,55 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
   problems += _check_eval(config)
   if not problems:  # These checks assume a sane model and resolution.
     problems += _check_model(config)
-  if not problems:
+  if not problems and config.data.get("source"):
     problems += _check_data_source(config)
   workdir_problem = _check_workdir(workdir)
   if workdir_problem:
     problems.append(workdir_problem)
   if problems:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _check_source_string(source: str | None, what: str) -> list[str]:
+  """A `data.source` of the evaluate/select tasks: real (parsed, paths checked) or synth:."""
+  from gantransfer_jax.data import sampler  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax.data import sources  # pylint: disable=g-import-not-at-top
+
+  if not source:
+    return [f"{what} needs a data set: set --config.data.source=folder:/my/images (or "
+            "npz:PATH, tfds:NAME[:SPLIT], orl_faces, synth:NAME)"]
+  try:
+    if sampler.is_synthetic(source):
+      from gantransfer_jax.synth import synthesizers  # pylint: disable=g-import-not-at-top
+      synthesizers.make_config(source[len(sampler.SYNTH_PREFIX):], 32)
+    else:
+      sources.parse_source(source)
+  except ValueError as e:
+    return [str(e)]
+  return []
+
+
+def validate_scoring_config(config: ml_collections.ConfigDict, workdir: str,
+                            sources: dict[str, str | None], *,
+                            needs_inception: bool = True) -> None:
+  """Raises ConfigError listing every problem with an evaluate/select config.
+
+  `sources`: the data sources to score, by what they are for ("the target", ...).
+  """
+  from gantransfer_jax import assets  # pylint: disable=g-import-not-at-top
+
+  problems = []
+  for what, source in sources.items():
+    problems += _check_source_string(source, what)
+  if config.num_samples < config.k + 1:
+    problems.append(f"num_samples must be > k ({config.k}) for k-NN precision/recall, "
+                    f"got {config.num_samples}")
+  if needs_inception and not os.path.exists(assets.inception_weights_path()):
+    problems.append(f"{config.task} needs the FID Inception weights; fetch them with "
+                    f"`{assets.INCEPTION_FETCH_COMMAND}`")
+  workdir_problem = _check_workdir(workdir)
+  if workdir_problem:
+    problems.append(workdir_problem)
+  if problems:
+    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+

@@ -9,10 +9,11 @@ Each run is one process,
       --workdir=ROOT/<method>_<dataset-slug>_n<shots>_s<seed>
       --config.data.source=DATASET --config.data.num_images=SHOTS --config.seed=SEED
       [every other --config.* argument of this command, passed through]
-with its output appended to WORKDIR/sweep.log. `scratch` runs never get
---config.init_checkpoint: the papers' baseline is random initialisation, and a grid
-shares one set of overrides. Add --config.eval_every: without evaluations the tables
-stay empty.
+with its output appended to WORKDIR/sweep.log. Runs of methods that start from random
+weights (their preset's `config.init` is "scratch": scratch, dip, dip_diffaug) never get
+--config.init_checkpoint: a grid shares one set of overrides, and those baselines are
+defined by their random initialisation. Add --config.eval_every: without evaluations the
+tables stay empty.
 
 Resuming: run the same command again. A run is finished when its latest checkpoint
 step reaches total_steps (--config.total_steps if passed here, else its config.json's);
@@ -42,6 +43,7 @@ import argparse
 import collections
 import csv
 import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -55,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from gantransfer_jax import checkpoints
+from gantransfer_jax import config_files
 from gantransfer_jax import plot
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +66,6 @@ TRAINER_MODULE = "gantransfer_jax.main"
 LOG_FILE = "sweep.log"
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
-# Methods whose defining property is a random initialisation.
-RANDOM_INIT_METHODS = ("scratch",)
 _TAIL_LINES = 20
 
 RUN_COLUMNS = ("run", "status", "method", "init", "dataset", "shots", "seed", "kimg", "fid",
@@ -124,14 +125,26 @@ def make_grid(methods: Sequence[str], datasets: Sequence[str], shots: Sequence[i
   return runs
 
 
+def _preset(method: str, quick: bool) -> str:
+  return f"{method},quick" if quick else method
+
+
+@functools.lru_cache(maxsize=None)
+def starts_from_scratch(method: str, quick: bool = False,
+                        config_file: str = CONFIG_FILE) -> bool:
+  """Whether the method's preset starts from random weights (its `config.init`)."""
+  config = config_files.get_config(f"{config_file}:{_preset(method, quick)}")
+  return config.get("init") == "scratch"
+
+
 def build_command(run: Run, root: str, extra: Sequence[str] = (), *, quick: bool = False,
                   config_file: str = CONFIG_FILE,
                   command_prefix: Sequence[str] | None = None) -> list[str]:
   """The trainer command line of one run (argv list; `shlex.join` it to print)."""
   prefix = list(command_prefix or [sys.executable, "-m", TRAINER_MODULE])
-  if run.method in RANDOM_INIT_METHODS:
+  if starts_from_scratch(run.method, quick, config_file):
     extra = [a for a in extra if not a.startswith("--config.init_checkpoint")]
-  preset = f"{run.method},quick" if quick else run.method
+  preset = _preset(run.method, quick)
   return prefix + [
       f"--config={config_file}:{preset}",
       f"--workdir={run.workdir(root)}",
@@ -214,9 +227,10 @@ def run_sweep(runs: Sequence[Run], root: str, extra: Sequence[str] = (), *,
       report.skipped.append(run.name)
     else:
       pending.append((k, run))
-  if any(r.method in RANDOM_INIT_METHODS for _, r in pending) and any(
-      a.startswith("--config.init_checkpoint") for a in extra):
-    log(f"{', '.join(RANDOM_INIT_METHODS)} runs start from random weights: "
+  from_scratch = sorted({r.method for _, r in pending
+                         if starts_from_scratch(r.method, quick, config_file)})
+  if from_scratch and any(a.startswith("--config.init_checkpoint") for a in extra):
+    log(f"{', '.join(from_scratch)} runs start from random weights: "
         "--config.init_checkpoint is not passed to them")
   log(f"{len(pending)} of {total} runs to do, {len(report.skipped)} finished already")
 

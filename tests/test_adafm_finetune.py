@@ -36,7 +36,7 @@ def resnet_pretrained(tmp_path_factory):
 def adafm_config(method, pretrained, **overrides):
   config = finetune.get_config(f"{method},quick")
   config.init_checkpoint = pretrained
-  config.data.num_images = 16
+  config.data.update(source="orl_faces", num_images=16)
   config.update(total_steps=2, log_every=1, sample_every=2, checkpoint_every=2, batch_size=8)
   config.adafm.warmup_steps = 2
   config.update_from_flattened_dict(overrides)

@@ -30,7 +30,7 @@ def dip_config(method="dip", **overrides):
   config = finetune.get_config(f"{method},quick")
   config.resolution = 16
   config.sngan.update(TINY_SNGAN)
-  config.data.num_images = 16
+  config.data.update(source="orl_faces", num_images=16)
   config.update(total_steps=2, log_every=1, sample_every=2, checkpoint_every=2, batch_size=8)
   config.update_from_flattened_dict(overrides)
   return config

@@ -64,7 +64,8 @@ def test_evaluate_task_writes_a_report(tmp_path):
   np.savez(target, images=rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8))
 
   eval_config = evaluate_config.get_config()
-  eval_config.update(checkpoint=str(tmp_path / "run"), data=f"npz:{target}", num_samples=12)
+  eval_config.update(checkpoint=str(tmp_path / "run"), num_samples=12)
+  eval_config.data.source = f"npz:{target}"
   report = evaluate.run(eval_config, str(tmp_path / "eval"))
 
   saved = json.loads((tmp_path / "eval" / "report.json").read_text())

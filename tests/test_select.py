@@ -72,7 +72,7 @@ def _pooled_pixels(images):
 def _select_config(candidates, target, **overrides):
   config = select_config.get_config()
   config.candidates = ",".join(candidates)
-  config.data = f"npz:{target}"
+  config.data.source = f"npz:{target}"
   config.num_samples = 8
   config.k = 3
   config.update(overrides)

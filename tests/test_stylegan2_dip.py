@@ -235,7 +235,7 @@ def test_dip_freezed_stylegan2_from_a_ps_checkpoint_on_orl_faces(tmp_path):
   config = finetune.get_config("dip_freezed,stylegan2,quick")
   config.update(init_checkpoint=source, total_steps=2, log_every=1, sample_every=2,
                 checkpoint_every=2, eval_every=2, eval_num_images=8)
-  config.data.num_images = 16
+  config.data.update(source="orl_faces", num_images=16)
   workdir = str(tmp_path / "dip_stylegan2")
   train.train_and_evaluate(config, workdir)
   evals = [r for r in writers.read_metrics(workdir) if "eval/fid" in r]

@@ -193,3 +193,17 @@ def test_dry_run_and_pass_through_checks(tmp_path, fake_trainer, capsys):
   with pytest.raises(SystemExit):
     sweep.main(argv + ["--bogus=1"])
   assert "only --config.* arguments are passed through" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_methods_from_random_weights_never_get_the_init_checkpoint(quick):
+  # The presets' config.init decides (DIP's baselines start from scratch too).
+  extra = ["--config.init_checkpoint=workdirs/ps_quick"]
+  gets_checkpoint = {
+      method: any(a.startswith("--config.init_checkpoint") for a in sweep.build_command(
+          sweep.Run(method, "orl_faces", 10, 0), "root", extra, quick=quick))
+      for method in ("scratch", "dip", "dip_diffaug", "transfergan", "freezed",
+                     "dip_freezed", "adafm")}
+  assert gets_checkpoint == {"scratch": False, "dip": False, "dip_diffaug": False,
+                             "transfergan": True, "freezed": True, "dip_freezed": True,
+                             "adafm": True}

@@ -12,6 +12,7 @@ from absl import logging
 from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
+from gantransfer_jax import validation
 from gantransfer_jax.models import gan as gan_lib
 
 
@@ -23,15 +24,16 @@ def _run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   run.eval_num_images = config.num_samples
   if "stylegan2" in run:
     run.stylegan2.truncation_psi = config.truncation_psi
-  run.data.source = config.data
+  run.data.source = config.data.source or saved.data.source  # Default: its own data.
   run.data.num_images = config.num_reference
   return run
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.checkpoint:
-    raise ValueError("set --config.checkpoint=WORKDIR_OR_CHECKPOINT")
+    raise validation.ConfigError("set --config.checkpoint=WORKDIR_OR_CHECKPOINT")
   run_config = _run_config(config)
+  validation.validate_scoring_config(config, workdir, {"evaluate": run_config.data.source})
   train_config, params = checkpoints.restore_params(config.checkpoint)
   mesh = parallel.create_mesh()
   gan = gan_lib.build_gan(run_config)
@@ -46,7 +48,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   scores = evaluator(*params_on_mesh)
   report = {
       "checkpoint": os.path.abspath(config.checkpoint),
-      "data": config.data,
+      "data": run_config.data.source,
       "fid": scores["eval/fid"],
       "kid": scores["eval/kid"],
       "kid_std": scores["eval/kid_std"],

@@ -44,6 +44,7 @@ from absl import logging
 from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
+from gantransfer_jax import validation
 from gantransfer_jax.metrics import inception
 from gantransfer_jax.models import gan as gan_lib
 
@@ -77,12 +78,14 @@ def load_candidates(config: ml_collections.ConfigDict) -> list[Candidate]:
   """The candidates of `config.candidates`, aligned with `config.source_data`."""
   paths = parse_list(config.candidates)
   if not paths or not all(paths):
-    raise ValueError("set --config.candidates=WORKDIR[,WORKDIR...]: comma-separated "
-                     f"checkpoints without empty entries, got {config.candidates!r}")
+    raise validation.ConfigError(
+        "set --config.candidates=WORKDIR[,WORKDIR...]: comma-separated checkpoints "
+        f"without empty entries, got {config.candidates!r}")
   sources = parse_list(config.source_data) or [""] * len(paths)
   if len(sources) != len(paths):
-    raise ValueError(f"source_data has {len(sources)} entries for {len(paths)} candidates: "
-                     "give one per candidate, empty for none (e.g. 'synth:primitives_ps,')")
+    raise validation.ConfigError(
+        f"source_data has {len(sources)} entries for {len(paths)} candidates: give one "
+        "per candidate, empty for none (e.g. 'synth:primitives_ps,')")
   return [Candidate(os.path.abspath(path), source, checkpoints.restore_raw_config(path))
           for path, source in zip(paths, sources)]
 
@@ -193,6 +196,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     feature_fn: images -> [N, D] features in place of Inception's (tests). Its statistics
       are cached in the workdir: the shared cache holds Inception statistics only.
   """
+  validation.validate_scoring_config(
+      config, workdir, {"select (the target)": config.data.source},
+      needs_inception=feature_fn is None)
   candidates = load_candidates(config)
   if len({candidate.regime for candidate in candidates}) > 1:
     warnings.warn("candidates are scored in different regimes (generated samples and "
@@ -206,7 +212,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                                    else os.path.join(workdir, "feature_cache")}
   feature_fn = feature_fn or inception.load(mesh=mesh)
 
-  target_data = _data_config(config.data, candidates[0].config)
+  target_data = _data_config(config.data.source, candidates[0].config)
   target = _dataset_features(_scoring_config(config, candidates[0], target_data, resolution),
                              config.num_reference, feature_fn, **cache_dirs)
   rows = []
@@ -230,7 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   for position, index in enumerate(order, start=1):
     rows[index]["rank"] = position
   report = {
-      "target": config.data,
+      "target": config.data.source,
       "resolution": resolution,
       "num_reference": len(target.features),
       "num_samples": config.num_samples,

@@ -311,7 +311,7 @@ def finetune() -> nbformat.NotebookNode:
       _code("""
           from gantransfer_jax import train
 
-          if config.method in finetune_configs.TRANSFER_METHODS:
+          if config.init == "checkpoint":
             if not INIT_CHECKPOINT:
               if PRETRAIN_PRESET is None:  # The model configs/finetune.py builds on.
                 PRETRAIN_PRESET = finetune_configs.pretrain_preset(PRESET)
@@ -355,7 +355,7 @@ def select_checkpoint() -> nbformat.NotebookNode:
 
               python -m gantransfer_jax.main --config=configs/select.py \\
                   --workdir=WORKDIR_ROOT/select --config.candidates=A,B \\
-                  --config.data=DATA_SOURCE --config.num_samples=NUM_SAMPLES
+                  --config.data.source=DATA_SOURCE --config.num_samples=NUM_SAMPLES
 
           With `CANDIDATES = ""` the notebook first pretrains one candidate per synthetic
           source in `PRETRAIN_SOURCES`: which synthetic data suits your images best?
@@ -405,7 +405,7 @@ def select_checkpoint() -> nbformat.NotebookNode:
 
           assets.main(["inception"])  # The FID Inception weights (cached after the first time).
           select_config = with_overrides(config_files.load_module("select").get_config(), {
-              "candidates": CANDIDATES, "data": DATA_SOURCE, "num_samples": NUM_SAMPLES,
+              "candidates": CANDIDATES, "data.source": DATA_SOURCE, "num_samples": NUM_SAMPLES,
               **SELECT_OVERRIDES})
           report = select.run(select_config, os.path.join(WORKDIR_ROOT, "select"))"""),
       _md("## Result\n\nBest first. Finetune from the recommended checkpoint with the "
