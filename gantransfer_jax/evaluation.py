@@ -24,6 +24,7 @@ import numpy as np
 from gantransfer_jax import metrics
 from gantransfer_jax import parallel
 from gantransfer_jax.data import sampler as sampler_lib
+from gantransfer_jax.data import sources
 from gantransfer_jax.metrics import inception
 
 _EVAL_SALT = 3
@@ -43,6 +44,8 @@ def reference_set(config: ml_collections.ConfigDict, cache_dir: str | None = Non
 
   Real data: the whole set unless `num_reference` asks for a (seeded) subset.
   Synthetic data: `num_reference` (default config.eval_num_images) fixed images.
+  The key ends in a hash of the images (real: all of them; synthetic: the first batch,
+  which changes with the synthesizer's code), so cached statistics follow the contents.
   """
   batch = 64
   if sampler_lib.is_synthetic(config.data.source):
@@ -52,22 +55,22 @@ def reference_set(config: ml_collections.ConfigDict, cache_dir: str | None = Non
     options = json.dumps({k: config.data[k] for k in ("n_shapes", "size_policy")})
     name = f"{config.data.source}-{options}-seed{config.seed}"
     synthesize = jax.jit(lambda key: sampler.sample(sampler.data, key, batch)["images"])
+    first = np.asarray(synthesize(jax.random.fold_in(key, 0)))
 
     def synthetic_batches():
       for i in range(0, num, batch):
-        yield np.asarray(synthesize(jax.random.fold_in(key, i)))
+        yield first if i == 0 else np.asarray(synthesize(jax.random.fold_in(key, i)))
 
-    return name, num, synthetic_batches
+    return f"{name}-{sources.content_digest(first)}", num, synthetic_batches
 
-  from gantransfer_jax.data import sources  # pylint: disable=g-import-not-at-top
   full = ml_collections.ConfigDict(config.data.to_dict())
   full.num_images = num_reference or 0  # Default: the whole target set.
   full.fraction = 1.0
   full.subset_seed = full.get("subset_seed", 0)  # Pretraining configs have none.
   images = sources.load_dataset(full, config.resolution, cache_dir=cache_dir)
   subset = f"n{num_reference}s{full.subset_seed}" if num_reference else "all"
-  return (f"{sources.describe(config.data.source)}-{subset}", len(images),
-          lambda: _batches(images, batch))
+  name = f"{sources.describe(config.data.source)}-{subset}-{sources.content_digest(images)}"
+  return name, len(images), lambda: _batches(images, batch)
 
 
 class Evaluator:

@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 
 from gantransfer_jax import assets
 from gantransfer_jax import parallel
+from gantransfer_jax.data import sources
 from gantransfer_jax.metrics import inception
 from gantransfer_jax.models import mobilenet_v2
 
@@ -59,14 +60,18 @@ def load_prior(name: str, *, weights_path: str | os.PathLike | None = None,
 
 
 def priors_path(name: str, cache_key: str, resolution: int, num_images: int,
-                cache_dir: str | os.PathLike | None = None) -> str:
-  """`<cache>/priors/<extractor>_<key>-<hash>_<res>px_<n>img.npz`."""
+                cache_dir: str | os.PathLike | None = None, *, content: str = "") -> str:
+  """`<cache>/priors/<extractor>_<key>-<hash>_<res>px_<n>img[-<content>].npz`.
+
+  `content`: `sources.content_digest` of the images (what `dataset_priors` passes).
+  """
   safe_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", cache_key).strip("_") or "dataset"
   # Distinct keys that sanitise alike must not share a file.
   digest = hashlib.sha1(cache_key.encode()).hexdigest()[:8]
   root = assets.cache_dir() if cache_dir is None else cache_dir
+  suffix = f"-{content}" if content else ""
   return os.path.join(root, "priors",
-                      f"{name}_{safe_key}-{digest}_{resolution}px_{num_images}img.npz")
+                      f"{name}_{safe_key}-{digest}_{resolution}px_{num_images}img{suffix}.npz")
 
 
 def dataset_priors(name: str, images, cache_key: str, *,
@@ -74,13 +79,13 @@ def dataset_priors(name: str, images, cache_key: str, *,
                    prior_fn: PriorFn | None = None, recompute: bool = False) -> np.ndarray:
   """C(x) of every training image, float32 [N, D], computed once and cached.
 
-  The cache file is keyed by extractor name, `cache_key` (which must name the dataset
-  and anything that changes its images), resolution and image count.
+  The cache file is keyed by extractor name, `cache_key`, resolution, image count and
+  a hash of the images themselves, so new images under an old key get new priors.
 
   Args:
     name: the extractor (see `load_prior`).
     images: [N, H, W, C] (float in [-1, 1] or uint8).
-    cache_key: names the dataset.
+    cache_key: names the dataset (readably; the contents are hashed anyway).
     cache_dir: default `gantransfer_jax.assets.cache_dir()`.
     prior_fn: the extractor to use on a miss (default `load_prior(name)`).
     recompute: ignore (and overwrite) a cached file.
@@ -88,7 +93,8 @@ def dataset_priors(name: str, images, cache_key: str, *,
   if name not in FEATURE_DIMS:
     raise ValueError(f"unknown prior extractor {name!r}; valid: {sorted(FEATURE_DIMS)}")
   num_images, resolution = images.shape[0], images.shape[1]
-  path = priors_path(name, cache_key, resolution, num_images, cache_dir)
+  path = priors_path(name, cache_key, resolution, num_images, cache_dir,
+                     content=sources.content_digest(images))
   if os.path.exists(path) and not recompute:
     with np.load(path) as cached:
       return cached["priors"]

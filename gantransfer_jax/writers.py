@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,13 +37,17 @@ def _to_json_number(value: Any) -> float | int | None:
 class JsonlWriter(interface.MetricWriter):
   """Appends one JSON object per step: {"step": N, "<name>": value, ...}.
 
-  Appending (not truncating) keeps the history of a run that was resumed.
+  Appending (not truncating) keeps the history of a run that was resumed. A file whose
+  last line was torn (disk full, power loss) gets a newline first, so the next record
+  starts a line of its own instead of being glued onto the torn one.
   """
 
   def __init__(self, path: str):
     self._path = path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     self._file = open(path, "a", encoding="utf-8")
+    if _ends_mid_line(path):
+      self._file.write("\n")
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {"step": int(step)}
@@ -89,15 +94,45 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
   ])
 
 
+def _ends_mid_line(path: str) -> bool:
+  with open(path, "rb") as f:
+    if f.seek(0, os.SEEK_END) == 0:
+      return False
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) != b"\n"
+
+
+def _parse_record(line: str) -> dict[str, Any] | None:
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """Reads metrics.jsonl back; later lines win when a resumed run repeats a step."""
+  """Reads metrics.jsonl back; later lines win when a resumed run repeats a step.
+
+  A line that is not a record (torn by a crash mid-write; after a resume it is no
+  longer the last one) is skipped with a warning naming its line number: losing one
+  logged step beats losing the history.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   by_step: dict[int, dict[str, Any]] = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        record = json.loads(line)
+  torn = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      record = _parse_record(line)
+      if record is None:
+        torn.append(number)
+      else:
         by_step.setdefault(record["step"], {}).update(record)
+  if torn:
+    warnings.warn(f"{path}: skipped {len(torn)} torn or malformed line(s) (line "
+                  f"{', '.join(map(str, torn[:10]))}); a crash probably cut a write short",
+                  stacklevel=2)
   return [by_step[s] for s in sorted(by_step)]

@@ -154,3 +154,48 @@ def test_labelled_folder_rejects_loose_images_and_flat_folders(tmp_path):
     folder.load_labelled_image_folder(str(tmp_path / "only_empty"), 4)
   with pytest.raises(FileNotFoundError):
     folder.load_labelled_image_folder(str(tmp_path / "missing"), 4)
+
+
+def _load_within(seconds: float, load, *args):
+  """Runs `load(*args)` in a daemon thread: a loader blocked on a FIFO fails, not hangs."""
+  import threading  # pylint: disable=g-import-not-at-top
+  result = {}
+
+  def run():
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      try:
+        result["value"] = load(*args)
+      except Exception as error:  # pylint: disable=broad-except
+        result["error"] = error
+      result["warnings"] = [str(w.message) for w in caught]
+
+  thread = threading.Thread(target=run, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  assert not thread.is_alive(), f"{load.__name__} hung (opened a FIFO?)"
+  if "error" in result:
+    raise result["error"]
+  return result["value"], result["warnings"]
+
+
+def _folder_with_non_regular_files(root):
+  """One real image, plus a dangling symlink, a looping symlink and a FIFO with image names."""
+  import os  # pylint: disable=g-import-not-at-top
+  root.mkdir()
+  _save(root / "a.png", 100)
+  os.symlink(root / "gone.png", root / "b_dangling.png")
+  os.symlink(root / "c_loop.png", root / "c_loop.png")
+  os.mkfifo(root / "d_fifo.png")
+  os.symlink(root / "a.png", root / "e_link.png")  # A link to a regular file is read.
+  return root
+
+
+def test_non_regular_files_are_skipped_with_a_warning_naming_them(tmp_path):
+  root = _folder_with_non_regular_files(tmp_path / "odd")
+  images, caught = _load_within(30, load_image_folder, str(root), 8)
+  assert images.shape == (2, 8, 8, 3) and (images == 100).all()
+  (message,) = [m for m in caught if "not regular files" in m]
+  for name in ("b_dangling.png", "c_loop.png", "d_fifo.png"):
+    assert name in message
+  assert "e_link.png" not in message

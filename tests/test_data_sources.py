@@ -490,3 +490,43 @@ def test_tfds_labels_and_fraction_from_mock_data(tfds):
   expected = sources.stratified_subset_indices(everything.labels, 0.5, seed=2)
   np.testing.assert_array_equal(fraction.labels, everything.labels[expected])
   np.testing.assert_array_equal(fraction.images, images[expected])
+
+
+# --- Caches follow the contents -------------------------------------------------------------
+
+
+def _replace_keeping_names_sizes_and_mtimes(root, value: int) -> None:
+  """What `cp -p` / rsync of new images over old ones does: same names, sizes, mtimes."""
+  for path in sorted(root.iterdir()):
+    stat = path.stat()
+    Image.new("RGB", (12, 12), (value,) * 3).save(path)  # BMP: size fixed by the shape.
+    assert path.stat().st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_folder_cache_follows_replaced_contents_with_preserved_mtimes(tmp_path, count_decodes):
+  root = tmp_path / "set"
+  root.mkdir()
+  for i in range(3):
+    Image.new("RGB", (12, 12), (10 * i,) * 3).save(root / f"{i}.bmp")
+  config = data_config(f"folder:{root}")
+  cache_dir = str(tmp_path / "cache")
+  before = sources.load_dataset(config, RES, cache_dir=cache_dir)
+  assert sorted(np.unique(before)) == [0, 10, 20]
+
+  _replace_keeping_names_sizes_and_mtimes(root, 255)
+  after = sources.load_dataset(config, RES, cache_dir=cache_dir)
+  assert len(count_decodes) == 2
+  assert (after == 255).all()
+
+
+def test_fingerprint_skips_broken_symlinks_with_a_warning(tmp_path):
+  root = tmp_path / "set"
+  root.mkdir()
+  Image.new("RGB", (12, 12), (7, 7, 7)).save(root / "a.bmp")
+  os.symlink(root / "gone.png", root / "b_dangling.png")
+  os.symlink(root / "c_loop.png", root / "c_loop.png")
+  with pytest.warns(UserWarning, match="c_loop.png"):
+    images = sources.load_dataset(data_config(f"folder:{root}"), RES,
+                                  cache_dir=str(tmp_path / "cache"))
+  assert images.shape == (1, RES, RES, 3)

@@ -204,3 +204,14 @@ def test_dataset_priors_are_cached(tmp_path):
   priors.dataset_priors("mobilenet_v2", images, "toy/set", cache_dir=tmp_path,
                         prior_fn=prior_fn, recompute=True)
   assert calls == [3, 3, 3]
+
+
+def test_dataset_priors_follow_the_images_under_one_key(tmp_path):
+  """Same key, same count, same resolution, new pixels: the priors are computed again."""
+  prior_fn = lambda images: images.mean(axis=(1, 2))  # [N, 3]: tells the images apart.
+  first = priors.dataset_priors("mobilenet_v2", _images(3, 16, seed=0), "toy/set",
+                                cache_dir=tmp_path, prior_fn=prior_fn)
+  second = priors.dataset_priors("mobilenet_v2", _images(3, 16, seed=1), "toy/set",
+                                 cache_dir=tmp_path, prior_fn=prior_fn)
+  np.testing.assert_allclose(second, prior_fn(_images(3, 16, seed=1)))
+  assert not np.allclose(first, second)

@@ -26,12 +26,24 @@ _MATTE = (255, 255, 255)
 
 
 def list_image_files(path: str, *, recursive: bool = True) -> list[str]:
-  """Sorted paths of the files under `path` with an image extension (any case)."""
+  """Sorted paths of the regular files under `path` with an image extension (any case).
+
+  Anything else with an image name (a dangling or looping symlink, a FIFO, a device) is
+  skipped with one warning naming it: opening a FIFO would block forever. Symlinks to
+  regular files are followed.
+  """
   if recursive:
     found = [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
   else:
-    found = [entry.path for entry in os.scandir(path) if entry.is_file()]
-  return sorted(p for p in found if p.lower().endswith(IMAGE_EXTENSIONS))
+    found = [entry.path for entry in os.scandir(path) if not entry.is_dir()]
+  named = sorted(p for p in found if p.lower().endswith(IMAGE_EXTENSIONS))
+  regular = [p for p in named if os.path.isfile(p)]  # Follows links; False if broken.
+  if len(regular) < len(named):
+    others = sorted(set(named) - set(regular))
+    warnings.warn(f"skipped {len(others)} image-named path(s) under {path!r} that are not "
+                  "regular files (broken or looping symlinks, FIFOs, devices):\n  "
+                  + "\n  ".join(others), stacklevel=2)
+  return regular
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

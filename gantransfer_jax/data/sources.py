@@ -55,7 +55,8 @@ Subsets keep the set's canonical order (sorted indices).
 
 Both loaders cache the decoded arrays as an npz in `cache_dir`. The file name hashes
 everything that determines the images: the source, the resolution, the subset and, for
-local files, their names, sizes and mtimes (so editing a folder invalidates its cache).
+local files, their names, sizes and a hash of their bytes (so replacing a folder's
+images invalidates its cache even when names, sizes and mtimes stay the same).
 A labelled load stores its labels, class names and label_key in the same file, beside
 the images; an unlabelled load reads only the images, and a labelled load finding a
 file without labels (or with another label_key) decodes again and rewrites it.
@@ -640,18 +641,46 @@ def cache_path(cache_dir: str, source: Source, resolution: int, *, num_images: i
   return os.path.join(cache_dir, f"{_describe(source)}-{resolution}px-{shots}-{_hash8(key)}.npz")
 
 
-def _fingerprint(source: Source) -> list[tuple[str, int, int]]:
-  """Names, sizes and mtimes of a source's local files: changes when its files do."""
+def _fingerprint(source: Source) -> list[tuple[str, int, str]]:
+  """Names, sizes and content hashes of the files a source reads: changes when they do.
+
+  Contents, not mtimes: `cp -p`, rsync and unpacking an archive keep mtimes, so a folder
+  whose images were replaced could otherwise hit the old cache.
+  """
   if source.kind == TFDS:
     return []  # A prepared TFDS version never changes.
-  root = orl_faces_dir() if source.kind == ORL_FACES else source.location
-  if os.path.isfile(root):
-    paths = [root]
+  if source.kind == NPZ:
+    root, paths = os.path.dirname(source.location), [source.location]
   else:
-    paths = sorted(os.path.join(folder_path, name)
-                   for folder_path, _, names in os.walk(root) for name in names)
-  return [(os.path.relpath(path, root), os.stat(path).st_size, os.stat(path).st_mtime_ns)
-          for path in paths]
+    root = orl_faces_dir() if source.kind == ORL_FACES else source.location
+    paths = folder.list_image_files(root)  # Regular files only, as the loader reads them.
+  return [(os.path.relpath(path, root), *_file_digest(path)) for path in paths]
+
+
+def _file_digest(path: str) -> tuple[int, str]:
+  """(size, sha256) of a file; an unreadable one is keyed by its error (the loader skips
+  it with a warning)."""
+  digest = hashlib.sha256()
+  try:
+    with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  except OSError as e:
+    return -1, type(e).__name__
+  return size, digest.hexdigest()
+
+
+def content_digest(array: Any) -> str:
+  """A short hash of an array's dtype, shape and bytes, naming its contents in cache keys.
+
+  Hashing the decoded pixels is cheap next to what the caches save (Inception or prior
+  features), and makes a cache follow the data whatever changed it.
+  """
+  array = np.ascontiguousarray(array)
+  digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+  digest.update(array)
+  return digest.hexdigest()[:16]
 
 
 def _read_cache(path: str, keys: tuple[str, ...] = ("images",)) -> Any:

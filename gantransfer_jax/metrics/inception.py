@@ -530,11 +530,13 @@ def reference_stats(
 ) -> ReferenceStats:
   """Inception statistics of a real dataset, computed once and cached.
 
-  The cache file is keyed by `name_key` (dataset name), resolution, image count and
-  preprocessing convention, under `<cache>/reference_stats/`.
+  The cache file is keyed by `name_key`, resolution, image count and preprocessing
+  convention, under `<cache>/reference_stats/`. Only `name_key` can tell two sets of
+  the same size apart, so it must identify the images' contents, as
+  `evaluation.reference_set`'s keys do (they end in `sources.content_digest`).
 
   Args:
-    name_key: names the dataset (and anything else that changes its images).
+    name_key: identifies the images: the dataset's name and a hash of its contents.
     images_fn: called only on a cache miss; returns an iterable of image batches
       ([n, H, W, C], float in [-1, 1] or uint8) holding at least `num_images` images.
     resolution: the images' resolution (part of the key).
