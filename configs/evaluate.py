@@ -23,5 +23,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.num_samples = 5_000      # Generated images.
   config.num_reference = 0        # Reference images (0 = the whole set; synthetic: num_samples).
   config.truncation_psi = 1.0
+  config.noise_mode = "random"    # StyleGAN2: random | const (the checkpoint's fixed maps) | none.
   config.k = 5                    # Neighbours for precision/recall.
   return config

@@ -80,9 +80,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   # Official StyleGAN2-ADA layout; 2 mapping layers as in the Primitives-PS recipe.
   # embedding_dim: G_emb's output in the DIP variant (used only when conditioned).
+  # mbstd_group_size: official 4 (configs stylegan2, paper1024; paper256/512 use 8).
+  # conv_clamp: official 256 (None: no clamping, as official --fp32 runs).
   config.stylegan2 = ml_collections.ConfigDict(dict(
       z_dim=512, w_dim=512, mapping_layers=2, channel_base=32768, channel_max=512,
-      mbstd_group_size=4, truncation_psi=1.0, embedding_dim=512))
+      mbstd_group_size=4, conv_clamp=256.0, truncation_psi=1.0, embedding_dim=512))
 
   config.data = ml_collections.ConfigDict(dict(
       source="synth:primitives_ps",  # synth:NAME with NAME one of gantransfer_jax.synth.SYNTHESIZERS

@@ -108,6 +108,8 @@ def restore_params(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]
     g_state, d_state = {"stats": state["g_stats"]}, {}
   else:
     g_state, d_state = state["g_state"], state["d_state"]
+  if "g_noise_consts" in state:  # Older StyleGAN2-ADA conversions kept these beside g_state.
+    g_state = {**g_state, "noise_consts": state["g_noise_consts"]}
   return config, {
       "generator": state["g_params"],
       "generator_ema": state["g_ema_params"],

@@ -5,6 +5,11 @@ r"""Sample grids from a trained checkpoint, for every model family.
 always writes DIR/samples.png (the EMA generator; conditional models draw conditions
 as in training). Family-specific extras:
 
+  --noise_mode=M         StyleGAN2's per-pixel noise: random (drawn per image, the
+                         default), const (the checkpoint's fixed noise maps: a converted
+                         official checkpoint then reproduces the official
+                         noise_mode='const' images) or none.
+
   --mix                  style mixing (StyleGAN2, AdaFM's SmallHead; paper 002 Fig. 6):
                          DIR/mix.png, row i column j = the coarse styles of z_i with the
                          styles of z_j from AdaIN/w layer `--crossover` on. The first row
@@ -52,15 +57,24 @@ _EDITS = flags.DEFINE_list("edits", [], f"DIP semantic-diffusion edits among {ED
 _SKETCH = flags.DEFINE_string("sketch", None, "DIP: an external sketch image to condition on.")
 _INVERT = flags.DEFINE_integer("invert", 0, "DIP: invert this many training images.")
 _INVERT_STEPS = flags.DEFINE_integer("invert_steps", 200, "Adam steps of the inversion.")
+_NOISE_MODE = flags.DEFINE_enum("noise_mode", None, ["random", "const", "none"],
+                                "StyleGAN2 noise (default: the checkpoint config's "
+                                "stylegan2.noise_mode, else random).")
 
 
 class Model:
   """A checkpoint's EMA generator, ready to sample, with its training data if conditional."""
 
-  def __init__(self, checkpoint: str, cache_dir: str | None = None):
+  def __init__(self, checkpoint: str, cache_dir: str | None = None,
+               noise_mode: str | None = None):
     self.config, params = checkpoints.restore_params(checkpoint)
-    self.gan = gan_lib.build_gan(self.config)
     self.params, self.state = params["generator_ema"], params["generator_state"]
+    if noise_mode is not None:
+      try:  # Fails now, not after the data is loaded.
+        gan_lib.set_noise_mode(self.config, noise_mode, self.state)
+      except ValueError as error:
+        raise ValueError(f"{checkpoint}: {error}") from None
+    self.gan = gan_lib.build_gan(self.config)
     self.sampler = None
     if self.gan.cond_dim:
       self.sampler = sampler_lib.make_sampler(self.config, cache_dir=cache_dir)
@@ -75,7 +89,11 @@ class Model:
   def samples(self, key: jax.Array, num: int) -> jax.Array:
     k_z, k_cond, k_noise = jax.random.split(key, 3)
     z = jax.random.normal(k_z, (num, self.gan.z_dim))
-    return self.gan.sample(self.params, self.state, z, self.conditions(k_cond, num), k_noise)
+    return self.generate(z, self.conditions(k_cond, num), k_noise)
+
+  def generate(self, z: jax.Array, cond: jax.Array | None, key: jax.Array) -> jax.Array:
+    """Images of latents `z` (and conditions), as the grids draw them."""
+    return self.gan.sample(self.params, self.state, z, cond, key)
 
   def mixing_grid(self, key: jax.Array, num: int, crossover: int | None) -> np.ndarray:
     """(num + 1)^2 images: unmixed z_j on top, unmixed z_i on the left, mixes inside.
@@ -164,13 +182,14 @@ def _dip_outputs(model: Model, out: str, key: jax.Array, num: int, edits: Sequen
 def write_samples(checkpoint: str, out: str, *, num: int = 16, seed: int = 0,
                   mix: bool = False, crossover: int | None = None,
                   edits: Sequence[str] = (), sketch: str | None = None,
-                  num_invert: int = 0, invert_steps: int = 200) -> dict[str, str]:
+                  num_invert: int = 0, invert_steps: int = 200,
+                  noise_mode: str | None = None) -> dict[str, str]:
   """Writes the grids described in the module docstring; returns {name: path}."""
   unknown = set(edits) - set(EDITS)
   if unknown:
     raise ValueError(f"unknown edits {sorted(unknown)}; valid: {', '.join(EDITS)}")
   os.makedirs(out, exist_ok=True)
-  model = Model(checkpoint, cache_dir=os.path.join(out, "data_cache"))
+  model = Model(checkpoint, cache_dir=os.path.join(out, "data_cache"), noise_mode=noise_mode)
   if (edits or sketch or num_invert) and not model.is_dip:
     raise ValueError("--edits, --sketch and --invert need a DIP checkpoint (dip.prior set); "
                      f"{checkpoint} is a {model.config.model!r} run without priors")
@@ -199,7 +218,7 @@ def main(argv):
   paths = write_samples(_CHECKPOINT.value, _OUT.value, num=_NUM.value, seed=_SEED.value,
                         mix=_MIX.value, crossover=_CROSSOVER.value, edits=_EDITS.value,
                         sketch=_SKETCH.value, num_invert=_INVERT.value,
-                        invert_steps=_INVERT_STEPS.value)
+                        invert_steps=_INVERT_STEPS.value, noise_mode=_NOISE_MODE.value)
   for name, path in paths.items():
     print(f"{name}: {path}")
 

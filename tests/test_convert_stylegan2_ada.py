@@ -1,18 +1,20 @@
-"""Official StyleGAN2-ADA checkpoints -> our Flax G, G_ema, D: layouts, file forms, errors.
+"""Official StyleGAN2-ADA checkpoints -> our Flax G, G_ema, D, tested against the official code.
 
-Official files are built from a random draw of our own variables through the inverse
-mapping, in every form the converter reads: flat and nested state dicts as plain pickles
-of numpy arrays (no torch), `torch.save` files and network pickles with torch tensors
-(when torch is installed), and network pickles of `torch_utils.persistence` objects
-(emulated: a stand-in `torch_utils.persistence` module pickles them by reference, as
-the real one does). One hand-written list of the official tensor names and shapes guards
-the mapping itself.
+`shared/reference/stylegan2_ada_r32_mbstd8/` (beside the repository) holds a state dict
+written by the official code (G, D, G_ema at 32 x 32, minibatch-stddev group 8) and the
+official networks' outputs on fixed inputs. Conversions go through
+`launch/convert_stylegan2_ada.py`, as a user would run it, and the converted networks
+must reproduce every stored output. The folder ships no network pickle (official pickles
+embed networks.py); one is emulated from the fixture's tensors and constructor kwargs
+in the `torch_utils.persistence` layout its README describes (stand-in
+`torch_utils.persistence` and `dnnlib.util.EasyDict` modules pickle by reference, as the
+real ones do), to test what a pickle records.
 """
 
 import collections
+import json
 import os
 import pathlib
-import pickle
 import subprocess
 import sys
 import types
@@ -22,18 +24,37 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import evaluate as evaluate_config
 from configs import finetune
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
+from gantransfer_jax import sample as sample_lib
 from gantransfer_jax.convert import stylegan2_ada
+from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import gan as gan_lib
+from tests import weights_markers
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Resolution 8 has every kind of block: b4 (const, conv1, torgb) and b8 (conv0, fromrgb).
-# channel_base 128: 32 channels at 4 x 4 (capped by channel_max), 16 at 8 x 8.
-TINY = stylegan2_ada.Architecture(resolution=8, z_dim=16, w_dim=16, mapping_layers=2,
-                                  channel_base=128, channel_max=32)
+FIXTURE = _ROOT.parent / "shared" / "reference" / "stylegan2_ada_r32_mbstd8"
+# A float32 implementation of the same function reaches ~1e-6 (the fixture's README).
+TOLERANCE = 1e-5
 _BUFFERS = ("w_avg", "noise_const", "resample_filter")
+
+
+@pytest.fixture(scope="module")
+def expected():
+  if not (FIXTURE / "state_dict.pt").is_file():
+    pytest.skip(f"no reference fixture at {FIXTURE}")
+  with np.load(FIXTURE / "expected.npz") as data:
+    return {name: data[name] for name in data.files}
+
+
+@pytest.fixture(scope="module")
+def official(expected):
+  """{'G', 'D', 'G_ema'}: the fixture's official state dicts (numpy)."""
+  del expected
+  return {name: dict(state) for name, state in
+          torch_pickle.load(FIXTURE / "state_dict.pt").items()}
 
 
 @pytest.fixture(scope="module")
@@ -41,75 +62,209 @@ def base_config():
   return ps_pretrain.get_config()
 
 
-@pytest.fixture(scope="module")
-def ours(base_config):
-  """Random variables of our G, G_ema and D (G and G_ema differ, so a swap shows)."""
-  shapes = stylegan2_ada.expected_variables(stylegan2_ada.model_config(base_config, TINY))
-  rng = np.random.default_rng(0)
-  draw = lambda tree: jax.tree.map(
-      lambda s: rng.standard_normal(s.shape).astype(np.float32), tree)
-  return {"G": draw(shapes["G"]), "G_ema": draw(shapes["G"]), "D": draw(shapes["D"])}
+def _relative_error(ours, official):
+  ours, official = np.asarray(ours, np.float64), np.asarray(official, np.float64)
+  return float(np.linalg.norm(ours - official) / np.linalg.norm(official))
 
 
-def _with_resample_filters(network, state_dict):
-  """Adds the FIR buffers the official modules register (the converter drops them)."""
-  taps = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float32) / 64
-  layers = {key.rsplit(".", 1)[0] for key, value in state_dict.items()
-            if key.endswith(".weight") and value.ndim == 4 and ".torgb." not in key}
-  if network == "D":  # Every resnet block; the epilogue b4 registers none of its own.
-    blocks = {key.split(".")[0] for key in state_dict} - {"b4"}
-  else:
-    blocks = {"synthesis." + key.split(".")[1] for key in state_dict
-              if key.startswith("synthesis.")}
-  return {**state_dict, **{f"{name}.resample_filter": taps for name in layers | blocks}}
+def _nchw(images):
+  return np.asarray(images).transpose(0, 3, 1, 2)
+
+
+def _run_converter(*args, check=True):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(_ROOT)}
+  result = subprocess.run([sys.executable, str(_ROOT / "launch" / "convert_stylegan2_ada.py"),
+                           *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
 
 
 @pytest.fixture(scope="module")
-def official(ours):
-  """{'G', 'D', 'G_ema'}: official state dicts holding `ours`, buffers included."""
-  return {network: _with_resample_filters(network, stylegan2_ada.export_network(variables))
-          for network, variables in ours.items()}
+def workdir(expected, tmp_path_factory):
+  """The fixture's state dict converted by the script with its group size (stdout, dir)."""
+  del expected
+  out = tmp_path_factory.mktemp("stylegan2_ada") / "converted"
+  result = _run_converter(f"--src={FIXTURE / 'state_dict.pt'}", f"--out={out}",
+                          "--mbstd_group_size=8")
+  return result.stdout, str(out)
 
 
-def _flat(official_networks):
-  return {f"{network}.{key}": value
-          for network, state in official_networks.items() for key, value in state.items()}
+def _sampler(workdir, noise_mode, truncation_psi=1.0):
+  """(gan, params) sampling the converted checkpoint as the sample command does."""
+  config, params = checkpoints.restore_params(workdir)
+  config.stylegan2.truncation_psi = truncation_psi
+  gan_lib.set_noise_mode(config, noise_mode, params["generator_state"])
+  return gan_lib.build_gan(config), params
 
 
-# ---- Emulated torch_utils.persistence network pickles -------------------------------------
+def test_state_dict_reproduces_every_official_output(expected, workdir):
+  stdout, path = workdir
+  assert "mbstd_group_size 8, conv_clamp 256.0" in stdout
+  config = checkpoints.restore_raw_config(path)
+  assert (config.stylegan2.mbstd_group_size, config.stylegan2.conv_clamp) == (8, 256.0)
+  key = jax.random.key(0)  # Unused by 'const' and 'none' noise.
+  z = expected["z"]
+
+  gan, params = _sampler(path, "const")
+  generator = gan.generator
+  g_ema = gan_lib.variables(params["generator_ema"], params["generator_state"])
+  for name, psi in (("w", 1.0), ("w_psi07", 0.7)):
+    ws = generator.apply(g_ema, z, truncation_psi=psi, method=generator.map)
+    assert _relative_error(ws, expected[name]) < TOLERANCE, name
+  images = gan.sample(params["generator_ema"], params["generator_state"], z, None, key)
+  assert _relative_error(_nchw(images), expected["img"]) < TOLERANCE
+  # The non-EMA G with the buffers official training copies into G_ema (w_avg, noise).
+  images = gan.sample(params["generator"], params["generator_state"], z, None, key)
+  assert _relative_error(_nchw(images), expected["img_G"]) < TOLERANCE
+  gan, _ = _sampler(path, "const", truncation_psi=0.7)
+  images = gan.sample(params["generator_ema"], params["generator_state"], z, None, key)
+  assert _relative_error(_nchw(images), expected["img_psi07"]) < TOLERANCE
+  gan, _ = _sampler(path, "none")
+  images = gan.sample(params["generator_ema"], params["generator_state"], z, None, key)
+  assert _relative_error(_nchw(images), expected["img_nonoise"]) < TOLERANCE
+
+  logits = gan.discriminator.apply({"params": params["discriminator"]},
+                                   expected["d_in"].transpose(0, 2, 3, 1))
+  assert _relative_error(logits, expected["d_out"][:, 0]) < TOLERANCE
+
+
+def test_state_dict_records_no_group_size(expected, official, base_config):
+  """Without the flag the base config's 4 applies, with a warning: D's logits are then
+  off by ~1e-2, as the fixture's README measures for group 4."""
+  with pytest.warns(UserWarning, match="does not record D's minibatch-stddev group size"):
+    config, state = stylegan2_ada.convert(official, base_config)
+  assert config.stylegan2.mbstd_group_size == 4
+  discriminator = gan_lib.build_gan(config).discriminator
+  logits = discriminator.apply({"params": state["d_params"]},
+                               expected["d_in"].transpose(0, 2, 3, 1))
+  assert _relative_error(logits, expected["d_out"][:, 0]) > 1e-3
+
+
+def test_sample_command_draws_the_official_const_noise_images(expected, workdir):
+  model = sample_lib.Model(workdir[1], noise_mode="const")
+  images = model.generate(jnp.asarray(expected["z"]), None, jax.random.key(1))
+  assert _relative_error(_nchw(images), expected["img"]) < TOLERANCE
+  random_images = sample_lib.Model(workdir[1]).generate(jnp.asarray(expected["z"]), None,
+                                                         jax.random.key(1))
+  assert _relative_error(_nchw(random_images), expected["img"]) > 1e-3
+
+
+def _without_noise_maps(workdir, out):
+  """The checkpoint as the layout before model states stored noise maps ('g_stats')."""
+  config, state, _ = checkpoints.restore_raw(workdir)
+  old = {k: v for k, v in state.items() if k not in ("g_state", "d_state")}
+  old["g_stats"] = state["g_state"]["stats"]
+  checkpoints.save_new_workdir(out, old, config)
+  return out
+
+
+def test_const_noise_needs_the_maps(workdir, tmp_path):
+  old = _without_noise_maps(workdir[1], str(tmp_path / "old"))
+  with pytest.raises(ValueError, match=r"old: noise_mode 'const' needs .* which this "
+                                       "checkpoint lacks"):
+    sample_lib.Model(old, noise_mode="const")
+  sample_lib.Model(old, noise_mode="none")  # Needs no maps.
+
+
+def test_conversions_of_the_previous_layout_keep_their_noise_maps(expected, workdir, tmp_path):
+  """Conversions once stored the official maps as 'g_noise_consts' beside g_state."""
+  config, state, _ = checkpoints.restore_raw(workdir[1])
+  previous = {**state, "g_state": {"stats": state["g_state"]["stats"]},
+              "g_noise_consts": state["g_state"]["noise_consts"]}
+  path = str(tmp_path / "previous")
+  checkpoints.save_new_workdir(path, previous, config)
+  images = sample_lib.Model(path, noise_mode="const").generate(
+      jnp.asarray(expected["z"]), None, jax.random.key(0))
+  assert _relative_error(_nchw(images), expected["img"]) < TOLERANCE
+
+
+@weights_markers.needs_inception
+def test_evaluate_task_checks_const_noise_before_scoring(workdir, tmp_path):
+  from gantransfer_jax.tasks import evaluate  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import validation  # pylint: disable=g-import-not-at-top
+
+  config = evaluate_config.get_config()
+  config.checkpoint = _without_noise_maps(workdir[1], str(tmp_path / "old"))
+  config.noise_mode = "const"
+  with pytest.raises(validation.ConfigError, match="noise_mode 'const' needs"):
+    evaluate.run(config, str(tmp_path / "eval"))
+
+
+def test_finetune_starts_from_the_official_weights_and_noise(workdir, tmp_path):
+  from gantransfer_jax import parallel  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
+
+  path = workdir[1]
+  target = tmp_path / "target.npz"
+  np.savez(target, images=np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3),
+                                                             dtype=np.uint8))
+  config = finetune.get_config("transfergan,quick")
+  config.update(init_checkpoint=path, batch_size=8)
+  config.data.update(source=f"npz:{target}", num_images=0)
+  config = checkpoints.inherit_model_config(config, path)
+  assert (config.stylegan2.mbstd_group_size, config.stylegan2.conv_clamp) == (8, 256.0)
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  setup = train.build(config, mesh)
+  loaded = jax.device_get(train.load_init_params(setup.state, path, setup, mesh))
+  _, converted = checkpoints.restore_params(path)
+  jax.tree.map(np.testing.assert_array_equal, loaded.g_ema_params, converted["generator_ema"])
+  jax.tree.map(np.testing.assert_array_equal, loaded.d_params, converted["discriminator"])
+  noise = loaded.g_state["noise_consts"]["synthesis"]["b8"]["conv0"]["noise_const"]
+  official = torch_pickle.load(FIXTURE / "state_dict.pt")["G_ema"]
+  np.testing.assert_array_equal(noise, official["synthesis.b8.conv0.noise_const"])
+
+
+# ---- Network pickles (emulated torch_utils.persistence objects) ---------------------------
 
 
 def _reconstruct_persistent_obj(meta):  # Never called: the converter keeps it inert.
   raise AssertionError(meta)
 
 
+class EasyDict(dict):
+  """Stands in for dnnlib.util.EasyDict, train.py's kwargs dicts."""
+
+
 class _PersistentModule:
   """Pickles like a `torch_utils.persistence` module: a call on meta with its __dict__."""
 
-  def __init__(self, state):
-    self.state = state
+  def __init__(self, state, class_name):
+    self.state, self.class_name = state, class_name
 
   def __reduce__(self):
     meta = dict(type="class", version=6, module_src="# networks.py source",
-                class_name="Module", state=self.state)
+                class_name=self.class_name, state=self.state)
     return _reconstruct_persistent_obj, (meta,)
 
 
 @pytest.fixture
-def persistence_module(monkeypatch):
-  """Registers the stand-in so that pickle names it `torch_utils.persistence`."""
-  package = types.ModuleType("torch_utils")
-  module = types.ModuleType("torch_utils.persistence")
-  module._reconstruct_persistent_obj = _reconstruct_persistent_obj
-  package.persistence = module
-  monkeypatch.setattr(_reconstruct_persistent_obj, "__module__", "torch_utils.persistence")
-  monkeypatch.setattr(_reconstruct_persistent_obj, "__qualname__", "_reconstruct_persistent_obj")
-  monkeypatch.setitem(sys.modules, "torch_utils", package)
-  monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
+def official_modules(monkeypatch):
+  """Registers the stand-ins so that pickle names them as the official code does."""
+  for name, obj, module_name in (
+      ("_reconstruct_persistent_obj", _reconstruct_persistent_obj, "torch_utils.persistence"),
+      ("EasyDict", EasyDict, "dnnlib.util")):
+    package_name = module_name.split(".")[0]
+    package = types.ModuleType(package_name)
+    module = types.ModuleType(module_name)
+    setattr(module, name, obj)
+    setattr(package, module_name.split(".")[1], module)
+    monkeypatch.setattr(obj, "__module__", module_name)
+    if obj is _reconstruct_persistent_obj:
+      monkeypatch.setattr(obj, "__qualname__", name)
+    monkeypatch.setitem(sys.modules, package_name, package)
+    monkeypatch.setitem(sys.modules, module_name, module)
 
 
-def _module_tree(state_dict, tensor=lambda array, is_parameter: array):
-  """Nests a state dict into modules whose __dict__ holds parameters, buffers, submodules."""
+def _easy(kwargs):
+  return EasyDict({k: _easy(v) if isinstance(v, dict) else v for k, v in kwargs.items()})
+
+
+def _module_tree(state_dict, init_kwargs, extra=None):
+  """Nests a state dict into persistent modules; `init_kwargs` / `extra` (attributes)
+  by dotted module path ('' the root)."""
+  extra = extra or {}
   root = {}
   for key, value in state_dict.items():
     *path, leaf = key.split(".")
@@ -117,189 +272,111 @@ def _module_tree(state_dict, tensor=lambda array, is_parameter: array):
     for name in path:
       node = node.setdefault(name, {})
     node[leaf] = value
+  for path in extra:
+    node = root
+    for name in filter(None, path.split(".")):
+      node = node.setdefault(name, {})
 
-  def build(node):
+  def build(node, path):
     leaves = {k: v for k, v in node.items() if not isinstance(v, dict)}
-    return _PersistentModule({
+    state = {
         "training": False,
         "_parameters": collections.OrderedDict(
-            (k, tensor(v, True)) for k, v in leaves.items() if k not in _BUFFERS),
+            (k, v) for k, v in leaves.items() if k not in _BUFFERS),
         "_buffers": collections.OrderedDict(
-            (k, tensor(v, False)) for k, v in leaves.items() if k in _BUFFERS),
+            (k, v) for k, v in leaves.items() if k in _BUFFERS),
         "_non_persistent_buffers_set": set(),
         "_modules": collections.OrderedDict(
-            (k, build(v)) for k, v in node.items() if isinstance(v, dict)),
-        "_init_kwargs": {},
-    })
+            (k, build(v, f"{path}.{k}".lstrip("."))) for k, v in node.items()
+            if isinstance(v, dict)),
+        "_init_args": (),
+        "_init_kwargs": dict(init_kwargs.get(path, {})),
+        **extra.get(path, {}),
+    }
+    return _PersistentModule(state, path or "Network")
 
-  return build(root)
+  return build(root, "")
 
 
-def _network_pickle(official_networks, tensor=lambda array, is_parameter: array):
-  data = {name: _module_tree(state, tensor) for name, state in official_networks.items()}
-  data["D"].state["_modules"]["b4"].state["_modules"]["mbstd"] = _module_tree({})
-  data.update(augment_pipe=None, training_set_kwargs={"resolution": 8})
+def _network_pickle(official, conv_clamp=256, group_size=8, layer_attributes=True):
+  """A network-snapshot pickle of the fixture's networks, recording `conv_clamp` and the
+  minibatch-stddev group as train.py's pickles do (without `layer_attributes`, only in
+  D's constructor kwargs)."""
+  kwargs = json.loads((FIXTURE / "init_kwargs.json").read_text())
+  g_kwargs = _easy(kwargs["G"])
+  g_kwargs["synthesis_kwargs"]["conv_clamp"] = conv_clamp
+  d_kwargs = _easy(kwargs["D"])
+  d_kwargs["conv_clamp"] = conv_clamp
+  d_kwargs["epilogue_kwargs"]["mbstd_group_size"] = group_size
+  mbstd = {"group_size": group_size, "num_channels": 1}
+  d_extra = {"b4.mbstd": mbstd} if layer_attributes else {}
+  d_init = {"": d_kwargs}
+  if layer_attributes:
+    d_init.update({"b4": {"mbstd_group_size": group_size}, "b4.mbstd": mbstd})
+  data = {"G": _module_tree(official["G"], {"": g_kwargs}),
+          "D": _module_tree(official["D"], d_init, d_extra),
+          "G_ema": _module_tree(official["G_ema"], {"": g_kwargs}),
+          "augment_pipe": None, "training_set_kwargs": _easy({"resolution": 32})}
+  import pickle  # pylint: disable=g-import-not-at-top
   return pickle.dumps(data)
 
 
-def _torch_tensor(array, is_parameter):
-  import torch  # pylint: disable=g-import-not-at-top
-  value = torch.from_numpy(np.array(array))
-  return torch.nn.Parameter(value, requires_grad=False) if is_parameter else value
+def test_network_pickle_records_the_group_size(expected, official, official_modules,
+                                               tmp_path):
+  del official_modules
+  source = tmp_path / "network-snapshot-000000.pkl"
+  source.write_bytes(_network_pickle(official))
+  result = _run_converter(f"--src={source}", f"--out={tmp_path / 'converted'}")
+  assert "mbstd_group_size 8, conv_clamp 256.0" in result.stdout
+  assert "does not record" not in result.stderr
+  config, params = checkpoints.restore_params(str(tmp_path / "converted"))
+  logits = gan_lib.build_gan(config).discriminator.apply(
+      {"params": params["discriminator"]}, expected["d_in"].transpose(0, 2, 3, 1))
+  assert _relative_error(logits, expected["d_out"][:, 0]) < TOLERANCE
+  # A contradicting flag is refused, in one line.
+  result = _run_converter(f"--src={source}", f"--out={tmp_path / 'other'}",
+                          "--mbstd_group_size=4", check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "records mbstd_group_size 8, the requested 4 contradicts it" in result.stderr
 
 
-# ---- Tests --------------------------------------------------------------------------------
+def test_recorded_fields_of_fp32_and_default_pickles(official, official_modules, base_config):
+  del official_modules
+  fp32 = stylegan2_ada.recorded_fields(torch_pickle.load(_network_pickle(official, None, 8)))
+  assert fp32 == {"mbstd_group_size": 8, "conv_clamp": None}
+  config, _ = stylegan2_ada.convert(official, base_config, recorded=fp32)
+  assert config.stylegan2.conv_clamp is None
+  assert gan_lib.build_gan(config).generator.conv_clamp is None
+  cifar = stylegan2_ada.recorded_fields(torch_pickle.load(
+      _network_pickle(official, 256, 32, layer_attributes=False)))
+  assert cifar == {"mbstd_group_size": 32, "conv_clamp": 256.0}
 
 
-def _official_tensor_shapes(z, w, c4, c8):
-  """The official state dict at 8 x 8 (c4, c8 channels), written from networks.py by hand."""
-  def modulated(name, in_channels, out_channels, k):
-    return {f"{name}.affine.weight": (in_channels, w), f"{name}.affine.bias": (in_channels,),
-            f"{name}.weight": (out_channels, in_channels, k, k), f"{name}.bias": (out_channels,)}
-
-  def synthesis_layer(name, in_channels, out_channels, res):
-    return {**modulated(name, in_channels, out_channels, 3),
-            f"{name}.noise_strength": (), f"{name}.noise_const": (res, res)}
-
-  generator = {
-      "mapping.fc0.weight": (w, z), "mapping.fc0.bias": (w,),
-      "mapping.fc1.weight": (w, w), "mapping.fc1.bias": (w,), "mapping.w_avg": (w,),
-      "synthesis.b4.const": (c4, 4, 4),
-      **synthesis_layer("synthesis.b4.conv1", c4, c4, 4),
-      **modulated("synthesis.b4.torgb", c4, 3, 1),
-      **synthesis_layer("synthesis.b8.conv0", c4, c8, 8),
-      **synthesis_layer("synthesis.b8.conv1", c8, c8, 8),
-      **modulated("synthesis.b8.torgb", c8, 3, 1),
-  }
-  discriminator = {
-      "b8.fromrgb.weight": (c8, 3, 1, 1), "b8.fromrgb.bias": (c8,),
-      "b8.conv0.weight": (c8, c8, 3, 3), "b8.conv0.bias": (c8,),
-      "b8.conv1.weight": (c4, c8, 3, 3), "b8.conv1.bias": (c4,),
-      "b8.skip.weight": (c4, c8, 1, 1),
-      "b4.conv.weight": (c4, c4 + 1, 3, 3), "b4.conv.bias": (c4,),
-      "b4.fc.weight": (c4, c4 * 16), "b4.fc.bias": (c4,),
-      "b4.out.weight": (1, c4), "b4.out.bias": (1,),
-  }
-  return {"G": generator, "G_ema": generator, "D": discriminator}
-
-
-def test_export_gives_the_official_names_and_shapes(ours):
-  expected = _official_tensor_shapes(z=16, w=16, c4=32, c8=16)
-  for network, variables in ours.items():
-    exported = stylegan2_ada.export_network(variables)
-    assert {k: v.shape for k, v in exported.items()} == expected[network], network
-
-
-def test_layout_rule_transposes_dense_conv_and_const():
-  dense = np.arange(6.0).reshape(2, 3)           # [out, in]
-  conv = np.arange(120.0).reshape(5, 4, 3, 2)    # OIHW
-  const = np.arange(24.0).reshape(6, 2, 2)       # [C, H, W]
-  np.testing.assert_array_equal(stylegan2_ada.to_flax("fc.weight", dense), dense.T)
-  np.testing.assert_array_equal(stylegan2_ada.to_flax("conv.weight", conv),
-                                conv.transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(stylegan2_ada.to_flax("b4.const", const),
-                                const.transpose(1, 2, 0))
-  for name, array in (("fc.weight", dense), ("conv.weight", conv), ("b4.const", const),
-                      ("conv.bias", np.arange(3.0))):
-    back = stylegan2_ada.to_official(name, stylegan2_ada.to_flax(name, array))
-    np.testing.assert_array_equal(back, array)
-
-
-def _assert_converted(config, state, ours):
-  assert config.resolution == TINY.resolution
-  for field in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max"):
-    assert config.stylegan2[field] == getattr(TINY, field), field
-  expected = {"g_params": ours["G"]["params"], "g_ema_params": ours["G_ema"]["params"],
-              "g_state": {"stats": ours["G_ema"]["stats"]}, "d_params": ours["D"]["params"]}
-  for name, tree in expected.items():
-    got = state[name]
-    assert jax.tree.structure(got) == jax.tree.structure(tree), name
-    jax.tree.map(np.testing.assert_array_equal, got, tree)
-
-
-@pytest.mark.parametrize("form", ["flat", "nested", "network_pickle"])
-def test_converts_numpy_files_without_torch(form, official, ours, base_config, request):
-  if form == "flat":
-    data = pickle.dumps(_flat(official))
-  elif form == "nested":
-    data = pickle.dumps(official)
-  else:
-    request.getfixturevalue("persistence_module")
-    data = _network_pickle(official)
-  config, state = stylegan2_ada.convert(stylegan2_ada.read_networks(data), base_config)
-  _assert_converted(config, state, ours)
-  jax.tree.map(np.testing.assert_array_equal, state["g_noise_consts"],
-               ours["G_ema"]["noise_consts"])
-
-
-@pytest.mark.parametrize("form", ["torch_save", "torch_save_nested", "network_pickle"])
-def test_converts_files_written_by_torch(form, official, ours, base_config, tmp_path, request):
-  torch = pytest.importorskip("torch")
-  path = tmp_path / "checkpoint.pt"
-  if form == "network_pickle":
-    request.getfixturevalue("persistence_module")
-    path.write_bytes(_network_pickle(official, _torch_tensor))
-  else:
-    tensors = {k: _torch_tensor(v, False) for k, v in _flat(official).items()}
-    if form == "torch_save_nested":
-      tensors = {network: {k[len(network) + 1:]: v for k, v in tensors.items()
-                           if k.split(".")[0] == network} for network in official}
-    torch.save(tensors, path)
-  config, state = stylegan2_ada.convert(stylegan2_ada.read_networks(path), base_config)
-  _assert_converted(config, state, ours)
+# ---- Layout errors and architecture inference ---------------------------------------------
 
 
 def test_file_without_g_uses_g_ema(official, base_config):
   without_g = {k: v for k, v in official.items() if k != "G"}
+  import pickle  # pylint: disable=g-import-not-at-top
   with pytest.warns(UserWarning, match="no 'G'"):
     networks = stylegan2_ada.read_networks(pickle.dumps(without_g))
-  _, state = stylegan2_ada.convert(networks, base_config)
+  _, state = stylegan2_ada.convert(networks, base_config,
+                                   runtime_fields={"mbstd_group_size": 8})
   jax.tree.map(np.testing.assert_array_equal, state["g_params"], state["g_ema_params"])
 
 
 def test_architecture_flags_pin_and_check_the_shapes(official, base_config):
-  networks = stylegan2_ada.read_networks(pickle.dumps(official))
-  config, _ = stylegan2_ada.convert(networks, base_config, resolution=8, channel_base=None)
-  assert config.resolution == 8
-  with pytest.raises(stylegan2_ada.LayoutError, match="synthesis.b16.conv0.weight"):
-    stylegan2_ada.convert(networks, base_config, resolution=16)
-
-
-def test_workdir_is_a_checkpoint_of_ours(official, ours, base_config, tmp_path,
-                                         persistence_module):
-  del persistence_module
-  source = tmp_path / "network-snapshot-000000.pkl"
-  source.write_bytes(_network_pickle(official))
-  workdir = str(tmp_path / "converted")
-  stylegan2_ada.convert_file(source, workdir, base_config)
-
-  config, params = checkpoints.restore_params(workdir)
-  assert config.converted_from == str(source)
-  _assert_converted(config, {"g_params": params["generator"],
-                             "g_ema_params": params["generator_ema"],
-                             "g_state": params["generator_state"],
-                             "d_params": params["discriminator"]}, ours)
-  inherited = checkpoints.inherit_model_config(finetune.get_config("transfergan"), workdir)
-  assert inherited.resolution == 8 and inherited.stylegan2.channel_base == TINY.channel_base
-
-  # The converted model runs: const noise (official buffers), then D on the images.
-  _, state, _ = checkpoints.restore_raw(workdir)
-  gan = gan_lib.build_gan(config)
-  generator, discriminator = gan.generator, gan.discriminator
-  z = jax.random.normal(jax.random.key(0), (2, TINY.z_dim))
-  images = generator.apply({"params": params["generator_ema"],
-                            **params["generator_state"],
-                            "noise_consts": state["g_noise_consts"]},
-                           z, noise_mode="const", truncation_psi=0.7)
-  logits = discriminator.apply({"params": params["discriminator"]}, images)
-  assert images.shape == (2, 8, 8, 3) and logits.shape == (2,)
-  assert bool(jnp.all(jnp.isfinite(images))) and bool(jnp.all(jnp.isfinite(logits)))
-
-  with pytest.raises(FileExistsError, match="already holds checkpoints"):
-    stylegan2_ada.convert_file(source, workdir, base_config)
+  fields = {"runtime_fields": {"mbstd_group_size": 8}}
+  config, _ = stylegan2_ada.convert(official, base_config, resolution=32, **fields)
+  assert (config.resolution, config.stylegan2.channel_base, config.stylegan2.channel_max) == (
+      32, 1024, 64)
+  with pytest.raises(stylegan2_ada.LayoutError, match="synthesis.b64.conv0.weight"):
+    stylegan2_ada.convert(official, base_config, resolution=64, **fields)
 
 
 def test_unknown_layout_fails_with_what_it_found():
+  import pickle  # pylint: disable=g-import-not-at-top
   data = pickle.dumps({"generator.mapping.fc0.weight": np.zeros((4, 4), np.float32)})
   with pytest.raises(stylegan2_ada.LayoutError,
                      match=r"no tensors for network\(s\) G_ema, D.*found top-level names: "
@@ -311,18 +388,18 @@ def test_missing_unexpected_and_misshapen_tensors_are_listed(official, base_conf
   broken = {network: dict(state) for network, state in official.items()}
   del broken["G_ema"]["synthesis.b8.torgb.bias"]
   broken["D"]["b8.extra.weight"] = np.zeros((1,), np.float32)
-  broken["D"]["b4.out.weight"] = np.zeros((2, 32), np.float32)
+  broken["D"]["b4.out.weight"] = np.zeros((2, 64), np.float32)
   with pytest.raises(stylegan2_ada.LayoutError) as error:
-    stylegan2_ada.convert(broken, base_config)
+    stylegan2_ada.convert(broken, base_config, runtime_fields={"mbstd_group_size": 8})
   message = str(error.value)
   assert "missing (1): G_ema.synthesis.b8.torgb.bias" in message
   assert "unexpected (1): D.b8.extra.weight" in message
-  assert "wrong shape (1): D.b4.out.weight is (2, 32), expected (1, 32)" in message
+  assert "wrong shape (1): D.b4.out.weight is (2, 64), expected (1, 64)" in message
 
 
 def test_conditional_models_are_named_unsupported(official, base_config):
   conditional = {network: dict(state) for network, state in official.items()}
-  conditional["G_ema"]["mapping.embed.weight"] = np.zeros((16, 10), np.float32)
+  conditional["G_ema"]["mapping.embed.weight"] = np.zeros((64, 10), np.float32)
   with pytest.raises(stylegan2_ada.LayoutError, match=r"conditional .*c_dim > 0.*not supported"):
     stylegan2_ada.convert(conditional, base_config)
 
@@ -334,17 +411,3 @@ def test_channel_base_inference_prefers_official_values():
   assert stylegan2_ada._infer_channel_base(cifar, 512) == 32768
   with pytest.raises(stylegan2_ada.LayoutError, match="do not follow"):
     stylegan2_ada._infer_channel_base({4: 32, 8: 8, 16: 16}, 32)
-
-
-@pytest.mark.slow
-def test_command_line(official, tmp_path):
-  source = tmp_path / "state_dict.pkl"
-  source.write_bytes(pickle.dumps(_flat(official)))
-  workdir = tmp_path / "converted"
-  env = {**os.environ, "PYTHONPATH": str(_ROOT), "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run(
-      [sys.executable, str(_ROOT / "launch" / "convert_stylegan2_ada.py"), f"--src={source}",
-       f"--out={workdir}"], capture_output=True, text=True, env=env, timeout=120, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "channel_base 128" in result.stdout
-  assert checkpoints.restore_raw_config(str(workdir)).resolution == 8

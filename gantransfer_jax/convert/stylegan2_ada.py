@@ -19,6 +19,20 @@ The architecture (resolution, z_dim, w_dim, mapping layers, channel_base, channe
 is inferred from the tensor shapes unless given; every converted array is then checked
 against the shapes of `Generator.init` / `Discriminator.init` of the resulting config.
 
+Two model fields fix no tensor shape but change the function (`RUNTIME_FIELDS`):
+
+* `mbstd_group_size`: D's minibatch-stddev group (official configs: paper256 and
+  paper512 use 8, stylegan2 and paper1024 4, cifar 32). A network pickle records it
+  (D's MinibatchStdLayer `group_size`, and D's constructor kwargs
+  `epilogue_kwargs.mbstd_group_size`); a state dict does not: give it
+  (`--mbstd_group_size`), else the base config's 4 is used, with a warning.
+* `conv_clamp`: 256 in official runs, None (no clamping) in `--fp32` runs. A network
+  pickle records it (G's `synthesis_kwargs.conv_clamp`, D's `conv_clamp`); for a state
+  dict it is the base config's 256 unless given.
+
+A value given that contradicts the pickle's record is a `LayoutError` (a finetune may
+still set its own `stylegan2.mbstd_group_size`).
+
 Parameter mapping: our paths are `collection/module/.../name`; r is every block
 resolution, R the top one, i a mapping layer, j in {0, 1} (b4 has `const` and conv1
 only; conv0, the upsampling conv, exists from b8 on).
@@ -61,13 +75,15 @@ equalized-learning-rate parameters. D's fc needs no reordering of its 16 C input
 because our epilogue flattens channel-major, as torch's NCHW flatten does.
 
 Checkpoint state (`WORKDIR/checkpoints/0/state`): {'step': 0, 'g_params': G params,
-'g_ema_params': G_ema params, 'g_state': {'stats': {'w_avg'}} of G_ema, 'g_noise_consts': G_ema's
-noise_consts collection, 'd_params': D params}. 'g_noise_consts' is an extra entry that
-`checkpoints.restore_params` ignores; it lets `noise_mode='const'` reproduce the official
-network's deterministic images. Dropped: every `*.resample_filter` buffer (fixed FIR
-taps that our layers rebuild), and G's own w_avg and noise_const (the official training
-loop copies G's buffers into G_ema every step, so they equal G_ema's). `b4.mbstd` holds
-no tensors.
+'g_ema_params': G_ema params, 'g_state': {'stats': {'w_avg'}, 'noise_consts': ...} of
+G_ema, 'd_params': D params, 'd_state': {}}, the layout of our own runs: the official
+`noise_const` buffers are G's state, so sampling with `noise_mode='const'` reproduces the
+official network's deterministic images and a finetune starts from them. (Conversions
+written before kept them as a separate 'g_noise_consts' entry, which
+`checkpoints.restore_params` still reads.) Dropped: every `*.resample_filter` buffer
+(fixed FIR taps that our layers rebuild), and G's own w_avg and noise_const (the official
+training loop copies G's buffers into G_ema every step, so they equal G_ema's).
+`b4.mbstd` holds no tensors.
 """
 
 from __future__ import annotations
@@ -94,6 +110,14 @@ StateDict = dict[str, np.ndarray]
 
 NETWORKS = ("G", "D", "G_ema")
 REQUIRED_NETWORKS = ("G_ema", "D")
+RUNTIME_FIELDS = ("mbstd_group_size", "conv_clamp")
+# How `torch_utils.persistence` pickles a network: a call on meta {'state': __dict__, ...}.
+_PERSISTENT_OBJECT = "torch_utils.persistence._reconstruct_persistent_obj"
+# The official constructors' defaults, for kwargs a pickle's record leaves out.
+_OFFICIAL_MBSTD_GROUP_SIZE = 4
+_OFFICIAL_CONV_CLAMP = None
+# For base configs without the fields: official train.py's values.
+_DEFAULTS = {"mbstd_group_size": _OFFICIAL_MBSTD_GROUP_SIZE, "conv_clamp": 256.0}
 # Official channel_base values (StyleGAN2-ADA's fmaps 1 and 0.5), preferred when the
 # tensors fit several: any fitting value gives the same shapes, these also match the
 # official config.
@@ -121,6 +145,12 @@ class Architecture:
 # ---- Reading official files -------------------------------------------------------------
 
 
+def read_file(source: torch_pickle.PathOrFile) -> tuple[dict[str, StateDict], dict[str, Any]]:
+  """(`read_networks`, `recorded_fields`) of one file, read once."""
+  data = torch_pickle.load(source)
+  return _networks(data), recorded_fields(data)
+
+
 def read_networks(source: torch_pickle.PathOrFile) -> dict[str, StateDict]:
   """{'G', 'D', 'G_ema'}: one official state dict (numpy arrays) per network.
 
@@ -131,8 +161,12 @@ def read_networks(source: torch_pickle.PathOrFile) -> dict[str, StateDict]:
   Raises:
     LayoutError: the file holds no 'G_ema' or no 'D' network.
   """
+  return _networks(torch_pickle.load(source))
+
+
+def _networks(data: Any) -> dict[str, StateDict]:
   by_network: dict[str, StateDict] = {}
-  for key, array in torch_pickle.flatten_arrays(torch_pickle.load(source)).items():
+  for key, array in torch_pickle.flatten_arrays(data).items():
     network, _, name = key.partition(".")
     by_network.setdefault(network, {})[name] = array
   missing = [name for name in REQUIRED_NETWORKS if not by_network.get(name)]
@@ -147,9 +181,89 @@ def read_networks(source: torch_pickle.PathOrFile) -> dict[str, StateDict]:
   networks = {name: by_network[name] for name in NETWORKS if by_network.get(name)}
   if "G" not in networks:
     warnings.warn("the file has no 'G': using G_ema for the trained generator too",
-                  stacklevel=2)
+                  stacklevel=3)
     networks["G"] = networks["G_ema"]
   return networks
+
+
+def _persistent_state(obj: Any) -> dict[str, Any]:
+  """The module __dict__ a `torch_utils.persistence` object pickled ({} for others)."""
+  if (isinstance(obj, torch_pickle.PickledObject) and obj.qualified_name == _PERSISTENT_OBJECT
+      and obj.args and isinstance(obj.args[0], Mapping)):
+    state = obj.args[0].get("state")
+    return state if isinstance(state, Mapping) else {}
+  return {}
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+  """A kwargs record as a dict: train.py's are `dnnlib.EasyDict`s, a dict subclass that
+  unpickles here as an inert object holding the items."""
+  if isinstance(value, torch_pickle.PickledObject):
+    return dict(value.items)
+  return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _submodule(state: Mapping[str, Any], name: str) -> dict[str, Any]:
+  return _persistent_state(_as_dict(state.get("_modules")).get(name))
+
+
+def recorded_fields(data: Any) -> dict[str, Any]:
+  """`RUNTIME_FIELDS` a network pickle records (module docstring); {} for state dicts.
+
+  Raises:
+    LayoutError: G and D record different conv_clamp values (one field serves both).
+  """
+  if not isinstance(data, Mapping):
+    return {}
+  found: dict[str, Any] = {}
+  d_state = _persistent_state(data.get("D"))
+  if d_state:
+    d_kwargs = _as_dict(d_state.get("_init_kwargs"))
+    epilogue = _as_dict(d_kwargs.get("epilogue_kwargs"))
+    # The layer's own attribute is what ran; the constructor kwargs say the same.
+    layer = _submodule(_submodule(d_state, "b4"), "mbstd")
+    found["mbstd_group_size"] = layer.get(
+        "group_size", epilogue.get("mbstd_group_size", _OFFICIAL_MBSTD_GROUP_SIZE))
+  clamps = {}
+  if d_state and "_init_kwargs" in d_state:
+    clamps["D"] = _as_dict(d_state["_init_kwargs"]).get("conv_clamp", _OFFICIAL_CONV_CLAMP)
+  g_state = _persistent_state(data.get("G_ema"))
+  if g_state and "_init_kwargs" in g_state:
+    synthesis = _as_dict(_as_dict(g_state["_init_kwargs"]).get("synthesis_kwargs"))
+    clamps["G_ema"] = synthesis.get("conv_clamp", _OFFICIAL_CONV_CLAMP)
+  if len(set(clamps.values())) > 1:
+    raise LayoutError(f"G_ema and D record different conv_clamp values {clamps}; one "
+                      "value for both networks is supported")
+  if clamps:
+    clamp = next(iter(clamps.values()))
+    found["conv_clamp"] = None if clamp is None else float(clamp)
+  return found
+
+
+def resolve_runtime_fields(base_config: ml_collections.ConfigDict,
+                           recorded: Mapping[str, Any],
+                           requested: Mapping[str, Any]) -> dict[str, Any]:
+  """`RUNTIME_FIELDS`: requested, else recorded by the file, else the base config's.
+
+  Raises:
+    LayoutError: a requested value contradicts the file's record.
+  """
+  resolved = {}
+  for field in RUNTIME_FIELDS:
+    if field in requested and field in recorded and requested[field] != recorded[field]:
+      raise LayoutError(
+          f"the network pickle records {field} {recorded[field]!r}, the requested "
+          f"{requested[field]!r} contradicts it (drop the option; a finetune may set "
+          "its own --config.stylegan2.mbstd_group_size)")
+    default = base_config.stylegan2.get(field, _DEFAULTS[field])
+    resolved[field] = requested.get(field, recorded.get(field, default))
+  if "mbstd_group_size" not in requested and "mbstd_group_size" not in recorded:
+    warnings.warn(
+        "the file does not record D's minibatch-stddev group size (a state dict): using "
+        f"{resolved['mbstd_group_size']}; official paper256 / paper512 models use 8 "
+        "(--mbstd_group_size=8), stylegan2 / paper1024 ones 4", stacklevel=2)
+  return resolved
+
 
 
 # ---- Architecture -----------------------------------------------------------------------
@@ -211,14 +325,17 @@ def _infer_channel_base(channels: Mapping[int, int], channel_max: int) -> int:
 
 
 def model_config(base_config: ml_collections.ConfigDict, architecture: Architecture, *,
-                 source: str = "") -> ml_collections.ConfigDict:
-  """`base_config` (e.g. configs/ps_pretrain.py) with the model fields of `architecture`."""
+                 source: str = "", **runtime_fields: Any) -> ml_collections.ConfigDict:
+  """`base_config` (e.g. configs/ps_pretrain.py) with the model fields of `architecture`
+  (and `RUNTIME_FIELDS` given as keywords)."""
   config = ml_collections.ConfigDict(base_config.to_dict())
   config.model = "stylegan2"
   config.resolution = architecture.resolution
   fields = dataclasses.asdict(architecture)
   del fields["resolution"]
   config.stylegan2.update(fields)
+  for field, value in runtime_fields.items():
+    config.stylegan2[field] = value  # Item assignment: None and numbers both fit.
   config.converted_from = source
   return config
 
@@ -328,24 +445,29 @@ def _convert_network(network: str, official: StateDict, expected: PyTree,
 
 
 def convert(networks: Mapping[str, StateDict], base_config: ml_collections.ConfigDict, *,
-            source: str = "", **overrides: int | None) -> tuple[ml_collections.ConfigDict,
-                                                                 dict[str, PyTree]]:
+            source: str = "", recorded: Mapping[str, Any] | None = None,
+            runtime_fields: Mapping[str, Any] | None = None,
+            **overrides: int | None) -> tuple[ml_collections.ConfigDict, dict[str, PyTree]]:
   """(config, checkpoint state) of official networks (see the module docstring).
 
   Args:
     networks: from `read_networks`.
     base_config: the config to complete (configs/ps_pretrain.py's defaults).
     source: recorded as `config.converted_from`.
+    recorded: `recorded_fields` of the file ({} or None: a state dict).
+    runtime_fields: `RUNTIME_FIELDS` values the user gave (module docstring).
     **overrides: `Architecture` fields to use instead of the inferred ones (None: infer).
 
   Raises:
-    LayoutError: a conditional model, or tensors that do not fit the architecture.
+    LayoutError: a conditional model, tensors that do not fit the architecture, or
+      runtime fields that contradict the file.
   """
   check_unconditional(networks)
   architecture = dataclasses.replace(
       infer_architecture(networks["G_ema"]),
       **{key: value for key, value in overrides.items() if value is not None})
-  config = model_config(base_config, architecture, source=source)
+  fields = resolve_runtime_fields(base_config, recorded or {}, runtime_fields or {})
+  config = model_config(base_config, architecture, source=source, **fields)
   expected = expected_variables(config)
   problems = _Problems()
   g = _convert_network("G", networks["G"], expected["G"], problems)
@@ -357,8 +479,7 @@ def convert(networks: Mapping[str, StateDict], base_config: ml_collections.Confi
       "step": np.zeros((), np.int32),
       "g_params": g["params"],
       "g_ema_params": g_ema["params"],
-      "g_state": {"stats": g_ema["stats"]},
-      "g_noise_consts": g_ema["noise_consts"],
+      "g_state": {"stats": g_ema["stats"], "noise_consts": g_ema["noise_consts"]},
       "d_params": d["params"],
       "d_state": {},
   }
@@ -371,12 +492,18 @@ def save(workdir: str, state: dict[str, PyTree], config: ml_collections.ConfigDi
 
 
 def convert_file(source: str | os.PathLike, workdir: str,
-                 base_config: ml_collections.ConfigDict,
+                 base_config: ml_collections.ConfigDict, *,
+                 runtime_fields: Mapping[str, Any] | None = None,
                  **overrides: int | None) -> ml_collections.ConfigDict:
-  """Converts an official file into a checkpoint workdir; returns the written config."""
+  """Converts an official file into a checkpoint workdir; returns the written config.
+
+  `runtime_fields`, `overrides`: as for `convert`.
+  """
   source = os.path.abspath(os.fspath(source))
   try:
-    config, state = convert(read_networks(source), base_config, source=source, **overrides)
+    networks, recorded = read_file(source)
+    config, state = convert(networks, base_config, source=source, recorded=recorded,
+                            runtime_fields=runtime_fields, **overrides)
   except LayoutError as error:
     raise LayoutError(f"{source}: {error}") from None
   save(workdir, state, config)

@@ -226,15 +226,23 @@ class StyleGAN2Gan(Gan):
         lambda w: self.synthesize(g_vars, w, k_noise), ws, k_dir, pl_mean,
         decay=self.config.loss.pl_decay)
 
+  def noise_mode(self, g_state: State) -> str:
+    """Noise at inference: `config.stylegan2.noise_mode` ('random' when unset; training
+    always draws it). 'const' needs the official-style fixed maps in G's state."""
+    mode = self.config.stylegan2.get("noise_mode") or "random"
+    _check_noise_consts(mode, g_state)
+    return mode
+
   def sample(self, g_params, g_state, z, cond, key):
     return self.generator.apply(variables(g_params, g_state), z, self._cond(cond),
                                 truncation_psi=self.config.stylegan2.truncation_psi,
-                                rngs={"noise": key})
+                                noise_mode=self.noise_mode(g_state), rngs={"noise": key})
 
   def sample_mixed(self, g_params, g_state, z, z_mix, crossover, key, cond=None,
                    cond_mix=None) -> Array:
     """Style mixing at inference: ws of (z, cond), with the ws of (z_mix, cond_mix)
-    from layer `crossover` (default: half of them) on; truncation as in `sample`."""
+    from layer `crossover` (default: half of them) on; truncation and noise as in
+    `sample`."""
     generator = self.generator
     g_vars = variables(g_params, g_state)
     psi = self.config.stylegan2.truncation_psi
@@ -243,7 +251,9 @@ class StyleGAN2Gan(Gan):
                              method=generator.map)
     crossover = ws.shape[1] // 2 if crossover is None else crossover
     layer = jnp.arange(ws.shape[1])[None, :, None]
-    return self.synthesize(g_vars, jnp.where(layer < crossover, ws, ws_mix), key)
+    return generator.apply(g_vars, jnp.where(layer < crossover, ws, ws_mix),
+                           noise_mode=self.noise_mode(g_state), method=generator.synthesize,
+                           rngs={"noise": key})
 
   def frozen_prefixes(self) -> FrozenPrefixes:
     """FreezeD: the `config.freeze_d` highest-resolution discriminator blocks (NOTES §6)."""
@@ -252,6 +262,32 @@ class StyleGAN2Gan(Gan):
     blocks = stylegan2.discriminator_block_names(self.resolution)
     return FrozenPrefixes(discriminator=_first_blocks(blocks, self.config.get("freeze_d", 0),
                                                       "freeze_d", self.resolution))
+
+
+def _check_noise_consts(noise_mode: str, g_state: State) -> None:
+  if noise_mode == "const" and "noise_consts" not in g_state:
+    raise ValueError("noise_mode 'const' needs the generator's constant noise maps "
+                     "('noise_consts' in its state), which this checkpoint lacks (it "
+                     "predates them); use noise_mode 'random' or 'none'")
+
+
+def set_noise_mode(config: ml_collections.ConfigDict, noise_mode: str,
+                   g_state: State) -> None:
+  """Makes `config` sample StyleGAN2 with `noise_mode` ('random', 'const', 'none'), in
+  place; G's state must hold the constant maps for 'const'. Other families have no
+  noise to choose: anything but 'random' is an error for them."""
+  from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+
+  if noise_mode not in stylegan2.NOISE_MODES:
+    raise ValueError(f"noise_mode must be one of {', '.join(stylegan2.NOISE_MODES)}, got "
+                     f"{noise_mode!r}")
+  if config.model != "stylegan2":
+    if noise_mode != "random":
+      raise ValueError(f"noise_mode {noise_mode!r} applies to StyleGAN2 only, not to a "
+                       f"{config.model!r} model")
+    return
+  _check_noise_consts(noise_mode, g_state)
+  config.stylegan2.noise_mode = noise_mode
 
 
 def _add_stylegan2_g_embedding(fresh: Params, loaded: Params) -> Params:
@@ -500,14 +536,17 @@ def build_gan(config: ml_collections.ConfigDict) -> Gan:
     cond_dim = condition_dim(config)
     # Configs saved before the DIP variant have no embedding_dim: the paper's 512.
     embedding_dim = cfg.get("embedding_dim") or 512
+    # Configs saved before conv_clamp was a field ran with the official 256.
+    conv_clamp = cfg.get("conv_clamp", stylegan2.DEFAULT_CONV_CLAMP)
     generator = stylegan2.Generator(
         resolution=config.resolution, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
         mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
-        channel_max=cfg.channel_max, cond_dim=cond_dim, embedding_dim=embedding_dim)
+        channel_max=cfg.channel_max, conv_clamp=conv_clamp, cond_dim=cond_dim,
+        embedding_dim=embedding_dim)
     discriminator = stylegan2.Discriminator(
         resolution=config.resolution, channel_base=cfg.channel_base,
         channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group_size,
-        cond_dim=cond_dim)
+        conv_clamp=conv_clamp, cond_dim=cond_dim)
     return StyleGAN2Gan(generator, discriminator, config, cond_dim=cond_dim)
   if model in ("resnet", "adafm"):
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top

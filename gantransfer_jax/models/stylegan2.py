@@ -49,6 +49,9 @@ Dtype = Any
 PyTree = Any
 
 NOISE_MODES = ("random", "const", "none")
+# The official train.py's conv_clamp (activations clamped to +-256 after every conv;
+# its --fp32 runs use None, no clamping).
+DEFAULT_CONV_CLAMP = 256.0
 
 
 def _log2_resolution(resolution: int, minimum: int) -> int:
@@ -345,7 +348,7 @@ class Generator(nn.Module):
   w_avg_beta: float = 0.995
   mapping_lr_multiplier: float = 0.01
   img_channels: int = 3
-  conv_clamp: float | None = 256.0
+  conv_clamp: float | None = DEFAULT_CONV_CLAMP
   use_noise: bool = True
   resample_taps: Sequence[float] = layers.DEFAULT_RESAMPLE_TAPS
   # Compute dtype of the synthesis convs (e.g. bfloat16); None: float32 from the params.
@@ -560,7 +563,7 @@ class Discriminator(nn.Module):
   mbstd_group_size: int | None = 4
   mbstd_num_channels: int = 1
   img_channels: int = 3
-  conv_clamp: float | None = 256.0
+  conv_clamp: float | None = DEFAULT_CONV_CLAMP
   resample_taps: Sequence[float] = layers.DEFAULT_RESAMPLE_TAPS
   # Compute dtype of the blocks (e.g. bfloat16); None: float32 from the params.
   # The epilogue stays (at least) float32.

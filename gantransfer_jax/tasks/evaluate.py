@@ -35,6 +35,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run_config = _run_config(config)
   validation.validate_scoring_config(config, workdir, {"evaluate": run_config.data.source})
   train_config, params = checkpoints.restore_params(config.checkpoint)
+  try:  # Before the reference set is read: 'const' needs maps the checkpoint may lack.
+    gan_lib.set_noise_mode(run_config, config.get("noise_mode") or "random",
+                           params["generator_state"])
+  except ValueError as error:
+    raise validation.ConfigError(f"{config.checkpoint}: {error}") from None
   mesh = parallel.create_mesh()
   gan = gan_lib.build_gan(run_config)
   os.makedirs(workdir, exist_ok=True)
