@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 
@@ -179,6 +180,10 @@ def test_layout_errors(networks):
                 or key.startswith("resnet_0_0.")}
   with pytest.raises(gan_stability.LayoutError, match=r"'resnet' family, blocks resnet\.<i>"):
     gan_stability.convert({"generator": sequential})
+  # resnet3 (LSUN) has one block per group.
+  with pytest.raises(gan_stability.LayoutError, match="'resnet3' family"):
+    convert_with("generator", lambda sd: [sd.pop(k) for k in list(sd)
+                                          if re.match(r"resnet_\d_1\.", k)])
   with pytest.raises(gan_stability.LayoutError, match="not a GAN_stability"):
     gan_stability.split_entries({"net.weight": np.zeros(3)})
   only_d = pickle.dumps({"discriminator": networks["discriminator"]})

@@ -185,13 +185,21 @@ def read_networks(source: torch_pickle.PathOrFile,
 
 def infer_architecture(generator: Mapping[str, np.ndarray]) -> Architecture:
   """Resolution (from the number of groups), nf and z_dim, read off G's tensors."""
-  groups = sorted({int(m.group(1)) for key in generator if (m := _BLOCK.match(key))})
+  blocks = {(int(m.group(1)), int(m.group(2))) for key in generator
+            if (m := _BLOCK.match(key))}
+  groups = sorted({group for group, _ in blocks})
   if not groups or groups != list(range(len(groups))):
     hint = (" (GAN_stability's 'resnet' family, blocks resnet.<i>, is not supported)"
             if any(key.startswith("resnet.") for key in generator) else "")
     raise LayoutError("not a GAN_stability resnet2 generator: expected blocks "
                       f"resnet_<group>_<block> for groups 0 ... n-1, found groups {groups}; "
                       f"the keys are: {_listed(generator)}{hint}")
+  if blocks != {(group, block) for group in groups for block in (0, 1)}:
+    # resnet3 (GAN_stability's LSUN models) has one block per group, 7 x 7 image convs.
+    raise LayoutError("not a GAN_stability resnet2 generator: expected blocks "
+                      f"resnet_<group>_0 and _1 in every group, found {sorted(blocks)} "
+                      "(GAN_stability's 'resnet3' family, one block per group, is not "
+                      "supported)")
   for key in ("conv_img.weight", "fc.weight"):
     if key not in generator:
       raise LayoutError(f"cannot infer the architecture: the generator has no '{key}'")
@@ -204,10 +212,11 @@ def infer_architecture(generator: Mapping[str, np.ndarray]) -> Architecture:
   if fc_out != width * resnet_gan.MIN_RESOLUTION ** 2:
     # resnet2's first map is size // 32; ours is 4 x 4 (size 128 for six groups).
     side = int(round(np.sqrt(fc_out / width)))
+    what = (f"{width} x {side} x {side}: a resnet2 of size {32 * side}"
+            if width * side * side == fc_out else f"not {width} x s x s: not a resnet2")
     raise LayoutError(
-        f"G's fc outputs {fc_out} features, {width} x {side} x {side}: a resnet2 of size "
-        f"{32 * side}; only size {architecture.resolution} (first feature map 4 x 4) "
-        "converts")
+        f"G's fc outputs {fc_out} features, {what}; only size {architecture.resolution} "
+        "(first feature map 4 x 4) converts")
   return architecture
 
 
