@@ -9,29 +9,19 @@ naming the problem and the fix, and exit with status 2; `--verbose` shows their
 traceback. Anything else is a bug: a traceback and status 1.
 """
 
+import ast
+import importlib
 import os
+import re
+from collections.abc import Sequence
 
-# Before TensorFlow (imported for summaries) and JAX load: their C++ start-up logs
-# (oneDNN notices, CUDA/TPU probing) say nothing to act on. Users may still set them.
-# TF only writes summaries (and decodes TFDS images): its oneDNN kernels do not matter.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "2")
-os.environ.setdefault("TPU_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
 
-import ast  # pylint: disable=g-import-not-at-top,wrong-import-position
-import importlib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import re  # pylint: disable=g-import-not-at-top,wrong-import-position
-import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
-from collections.abc import Sequence  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from gantransfer_jax import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gantransfer_jax import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gantransfer_jax import errors
+from gantransfer_jax import progress
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/ps_pretrain.py or configs/ps_pretrain.py:quick.",
@@ -102,8 +92,9 @@ def flag_error_message(error: Exception, argv: Sequence[str]) -> str:
                      text)
   if section:
     flag, value = section.groups()
+    example = f"{flag}.source={value}" if flag == "--config.data" else f"{flag}.FIELD=VALUE"
     return (f"{flag} is a section of the config, not a value: set one of its fields, "
-            f"e.g. {flag}.source={value}")
+            f"e.g. {example}")
   if isinstance(error, TypeError):
     overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
     return (f"{' / '.join(overrides) or '--config'}: a field path goes through a value "
@@ -114,14 +105,12 @@ def flag_error_message(error: Exception, argv: Sequence[str]) -> str:
   return " ".join(lines)
 
 
-
-
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parsing, with config errors as one line and exit status 2."""
   try:
     return flags.FLAGS(list(argv))
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    if "--verbose" in argv:
+    if any(arg.startswith("--verbose") for arg in argv):
       raise
     errors.exit_with(flag_error_message(e, argv[1:]))
 
@@ -141,4 +130,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  progress.quiet_native_logs()  # Before anything imports TensorFlow or JAX.
   app.run(main, flags_parser=parse_flags)

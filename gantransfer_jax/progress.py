@@ -17,6 +17,7 @@ update, which on a jitted function is mostly its compilation.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -65,7 +66,7 @@ class Counter:
       return None
     return max(self.total - self.done, 0) / rate
 
-  def status(self) -> str:
+  def status(self, note: str = "") -> str:
     text = f"{self.what}: {self.done}"
     if self.total:
       text += f"/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%)"
@@ -76,9 +77,10 @@ class Counter:
       text += f", {rate:.1f} {self.unit}/s"
     if eta is not None:
       text += f", ETA {format_duration(eta)}"
-    return text
+    return f"{text} | {note}" if note else text
 
-  def update(self, n: int = 1) -> None:
+  def update(self, n: int = 1, note: str | Callable[[], str] = "") -> None:
+    """Counts `n` more; `note` (or its thunk, called only when logging) joins the line."""
     self.done += n
     now = self._clock()
     if self._first is None:
@@ -86,7 +88,7 @@ class Counter:
     if now - self._last_log >= self._interval and (self.total is None
                                                     or self.done < self.total):
       self._last_log = now
-      self._log(self.status())
+      self._log(self.status(note() if callable(note) else note))
 
   def finish(self) -> None:
     seconds = self._clock() - self._start
@@ -154,3 +156,12 @@ def quiet_library_logs() -> None:
     absl_logger.addFilter(_QuietLibraries())
   # "Unable to initialize backend 'tpu'" and the like on every start without a TPU.
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+
+
+def quiet_native_logs() -> None:
+  """Defaults for TensorFlow's and libtpu's C++ start-up logs (oneDNN notices, device
+  probing: nothing to act on); takes effect only before they are imported. TF only
+  writes summaries and decodes TFDS images here, so its oneDNN kernels do not matter."""
+  for name, value in (("TF_CPP_MIN_LOG_LEVEL", "2"), ("TF_ENABLE_ONEDNN_OPTS", "0"),
+                      ("TPU_STDERR_LOG_LEVEL", "2"), ("TPU_MIN_LOG_LEVEL", "2")):
+    os.environ.setdefault(name, value)

@@ -45,6 +45,7 @@ from gantransfer_jax import freezing
 from gantransfer_jax import images as image_lib
 from gantransfer_jax import losses
 from gantransfer_jax import parallel
+from gantransfer_jax import progress
 from gantransfer_jax import validation
 from gantransfer_jax import writers
 from gantransfer_jax.data import sampler as sampler_lib
@@ -446,25 +447,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step = int(state.step)
   start_step = step
   history: list[dict[str, jax.Array]] = []
+  compiles = progress.FirstCalls("the train step")  # Timed apart: not in rates and ETAs.
   interval_start, interval_first_step = time.perf_counter(), step
 
   with _StopSignal() as stop:
     while step < config.total_steps and not stop.requested:
-      state, metrics = setup.train_step(state, setup.data, **regularizer_schedule(step, config))
+      state, metrics = compiles.call(setup.train_step, state, setup.data,
+                                     **regularizer_schedule(step, config))
       step += 1
       history.append(metrics)
 
       if step % config.log_every == 0 or step == config.total_steps:
         scalars = _mean_metrics(history)  # Blocks on the device: the interval is timed.
-        elapsed = time.perf_counter() - interval_start
+        elapsed = max(time.perf_counter() - interval_start - compiles.take_seconds(), 1e-6)
         steps_done = step - interval_first_step
         scalars["perf/step_time_ms"] = 1000 * elapsed / steps_done
         scalars["perf/img_per_sec"] = config.batch_size * steps_done / elapsed
         scalars["perf/kimg"] = step * config.batch_size / 1000
         writer.write_scalars(step, scalars)
         eta = (config.total_steps - step) * elapsed / steps_done
-        logging.info("step %d/%d | %.1f img/s | %.0f ms/step | ETA %s", step,
-                     config.total_steps, scalars["perf/img_per_sec"],
+        losses_text = " ".join(f"{k[len('loss/'):]} {v:.3f}" for k, v in scalars.items()
+                               if k.startswith("loss/"))
+        logging.info("step %d/%d | %s | %.1f img/s | %.0f ms/step | ETA %s", step,
+                     config.total_steps, losses_text, scalars["perf/img_per_sec"],
                      scalars["perf/step_time_ms"], _format_eta(eta))
         history = []
         interval_start, interval_first_step = time.perf_counter(), step

@@ -84,12 +84,16 @@ class JsonlWriter(interface.MetricWriter):
 
 
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard summaries + console logging + metrics.jsonl (first process only)."""
+  """TensorBoard summaries + metrics.jsonl (first process only).
+
+  No console writer: the training loop logs one line per log step itself (with the
+  ETA); clu's LoggingWriter would print every scalar of that step a second time.
+  """
   _hide_accelerators_from_tensorflow()
   if jax.process_index() > 0:
-    return metric_writers.create_default_writer(None, just_logging=True, asynchronous=False)
+    return metric_writers.MultiWriter([])
   return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=False),
+      metric_writers.SummaryWriter(workdir),
       JsonlWriter(os.path.join(workdir, METRICS_FILE)),
   ])
 

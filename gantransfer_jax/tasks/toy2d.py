@@ -69,6 +69,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from gantransfer_jax import progress
 from gantransfer_jax.analysis import toy2d_metrics as metrics
 from gantransfer_jax.models.mlp2d import Discriminator2D
 from gantransfer_jax.models.mlp2d import Generator2D
@@ -91,22 +92,8 @@ def _log(message: str, *args: Any) -> None:
     print(message % args if args else message, flush=True)
 
 
-class _Progress:
-  """Logs `stage: done/total (rate, ETA)` at most every `interval_s` seconds."""
-
-  def __init__(self, stage: str, total: int, unit: str = "steps", interval_s: float = 10.0):
-    self.stage, self.total, self.unit, self.interval_s = stage, total, unit, interval_s
-    self.start = self.last = time.time()
-
-  def update(self, done: int, extra: str = "") -> None:
-    now = time.time()
-    if done < self.total and now - self.last < self.interval_s:
-      return
-    self.last = now
-    rate = done / max(now - self.start, 1e-9)
-    eta = (self.total - done) / rate if rate > 0 else float("inf")
-    _log("%s: %d/%d %s (%.1f %s/s, ETA %.0fs)%s", self.stage, done, self.total, self.unit,
-         rate, self.unit, eta, f" {extra}" if extra else "")
+def _counter(what: str, total: int, unit: str = "steps") -> progress.Counter:
+  return progress.Counter(what, total, unit=unit, log=functools.partial(_log, "%s"))
 
 
 # ------------------------------------------------------------------------ randomness
@@ -425,11 +412,11 @@ def w1_table(fakes: dict[int, np.ndarray], reals: dict[int, np.ndarray], label: 
   """Exact W1 per evaluation step and run: {step: [runs]}."""
   pairs = [(step, run) for step in sorted(fakes) for run in range(fakes[step].shape[0])]
   num_points = fakes[pairs[0][0]].shape[1]
-  progress = _Progress(f"W1 {label} ({num_points} vs {num_points} points)", len(pairs),
-                       unit="problems")
-  values = metrics.wasserstein1_many(
-      ((fakes[step][run], reals[step][run]) for step, run in pairs), num_threads,
-      on_done=lambda i: progress.update(i + 1))
+  with _counter(f"W1 {label} ({num_points} vs {num_points} points)", len(pairs),
+                unit="problems") as counter:
+    values = metrics.wasserstein1_many(
+        ((fakes[step][run], reals[step][run]) for step, run in pairs), num_threads,
+        on_done=lambda _: counter.update())
   table = {step: np.zeros(fakes[step].shape[0]) for step in fakes}
   for (step, run), value in zip(pairs, values):
     table[step][run] = value
@@ -476,7 +463,7 @@ def pretrain(config: ml_collections.ConfigDict, spec: GanSpec, root: jax.Array,
   keys = jnp.stack([stage_key(root, f"pretrain/{name}") for name in names])
   data_indices = jnp.arange(len(names))
   chunk = _chunk_size(total, config.chunk_steps, every)
-  progress = _Progress(f"pretrain {' + '.join(names)} (vmapped)", total)
+  counter = _counter(f"pretrain {' + '.join(names)} (vmapped)", total)
   _log("pretrain: %s, %d G steps in jitted chunks of %d (the first includes compiling)",
        ", ".join(names), total, chunk)
   snapshots, watched = [], names.index(snapshot_source)
@@ -485,9 +472,10 @@ def pretrain(config: ml_collections.ConfigDict, spec: GanSpec, root: jax.Array,
                                              datas=datas, num_steps=chunk)
     if done % every == 0 and len(snapshots) < config.dissection.num_checkpoints:
       snapshots.append(_index(states, watched).snapshot())
-    progress.update(done, " ".join(
+    counter.update(chunk, " ".join(  # Fetching the losses also times the chunk.
         f"{name}: d_loss {float(chunk_metrics['d_loss'][i]):.3f} "
         f"g_loss {float(chunk_metrics['g_loss'][i]):.3f}" for i, name in enumerate(names)))
+  counter.finish()
   return {name: _index(states, i).snapshot() for i, name in enumerate(names)}, snapshots
 
 
@@ -502,7 +490,7 @@ def finetune(config: ml_collections.ConfigDict, spec: GanSpec, starts: Snapshot,
   data_indices = jnp.zeros((num_runs,), jnp.int32)
   eval_steps = set(evaluation_steps(config))
   chunk = _chunk_size(total, config.chunk_steps, config.eval_every)
-  progress = _Progress(f"finetune ({num_runs} runs vmapped)", total)
+  counter = _counter(f"finetune ({num_runs} runs vmapped)", total)
   _log("finetune: %d runs x %d G steps in jitted chunks of %d (the first includes compiling)",
        num_runs, total, chunk)
   for done in range(chunk, total + 1, chunk):
@@ -510,8 +498,9 @@ def finetune(config: ml_collections.ConfigDict, spec: GanSpec, starts: Snapshot,
                                              datas=(target,), num_steps=chunk)
     if done in eval_steps:
       on_evaluation(done, states)
-    progress.update(done, "mean d_loss %.3f g_loss %.3f" % (
+    counter.update(chunk, "mean d_loss %.3f g_loss %.3f" % (
         float(jnp.mean(chunk_metrics["d_loss"])), float(jnp.mean(chunk_metrics["g_loss"]))))
+  counter.finish()
   return states
 
 
