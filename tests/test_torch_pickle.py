@@ -240,8 +240,12 @@ def test_numpy_arrays_are_rebuilt_safely():
   # numpy's own __setstate__ segfaults on this; object arrays are refused by name.
   with pytest.raises(torch_pickle.TorchPickleError, match="dtype 'O'"):
     torch_pickle.load(_object_array_pickle())
+  structured = np.zeros(2, [("a", "<i4"), ("b", "<f8")])
+  with pytest.raises(torch_pickle.TorchPickleError, match="structured"):
+    torch_pickle.load(pickle.dumps(structured, protocol=2))
   arrays = {"matrix": np.arange(6.0).reshape(2, 3).T, "big_endian": np.arange(3, dtype=">i2"),
-            "scalar": np.float32(2.5), "dtype": np.dtype("<u2")}
+            "scalar": np.float32(2.5), "dtype": np.dtype("<u2"), "empty": np.zeros((2, 0)),
+            "text": np.array(["ab", "c"])}
   for protocol in (2, 5):
     loaded = torch_pickle.load(pickle.dumps(arrays, protocol=protocol))
     for key, value in arrays.items():
@@ -254,6 +258,8 @@ def test_numpy_arrays_are_rebuilt_safely():
     b"\x80\x02" + _call("torch._utils", "_rebuild_tensor_v2", _int(1)) + b".",  # Wrong arity.
     b"\x80\x02}(" + _str("a"),  # Truncated.
     b"\x80\x02" + _call("torch", "FloatStorage") + b".",  # Not callable.
+    b"\x80\x02" + _call("builtins", "bytes", _int(1 << 30)) + b".",  # Would allocate 1 GiB.
+    b"\x80\x02" + _call("_codecs", "encode", _str("x"), _str("zlib")) + b".",
 ])
 def test_malformed_pickles_are_value_errors(payload):
   with pytest.raises(torch_pickle.TorchPickleError):

@@ -276,6 +276,14 @@ def _known_dtypes() -> set[np.dtype]:  # pylint: disable=invalid-name
   return {make() for make in _STORAGE_DTYPES.values()}
 
 
+def _pickled_bytes(text: str = "", encoding: str = "latin1") -> bytes:
+  """How protocol 2 pickles bytes (`_codecs.encode(text, 'latin1')`, `bytes()` when
+  empty); never `bytes(n)`, which would allocate whatever n the file says."""
+  if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+    raise TorchPickleError("bytes pickled in an unexpected form")
+  return codecs.encode(text, "latin1")
+
+
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
   del requires_grad, backward_hooks
   return data
@@ -308,7 +316,9 @@ _TORCH_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
     ("torch", "Size"): tuple,
     ("torch", "device"): lambda kind, index=None: kind if index is None else f"{kind}:{index}",
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("_codecs", "encode"): codecs.encode,  # How protocol 2 pickles bytes.
+    ("_codecs", "encode"): lambda text, encoding="latin1": _pickled_bytes(text, encoding),
+    ("builtins", "bytes"): lambda *args: _pickled_bytes(*args),
+    ("__builtin__", "bytes"): lambda *args: _pickled_bytes(*args),
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
@@ -320,8 +330,8 @@ _TORCH_FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
 # numpy's own array pickling, rebuilt by stand-ins that check what numpy does not:
 # numpy's `ndarray.__setstate__` crashes the process on an object array whose element
 # list is shorter than its shape, and `_reconstruct` allocates whatever shape it is given.
-_NUMPY_DTYPE_NAME = re.compile(r"[biufcSUVmM]\d*(\[\w+\])?|bool|float\d*|int\d*|uint\d*|"
-                               r"complex\d*|str|bytes")
+_NUMPY_DTYPE_NAME = re.compile(r"[biufcSUV]\d*|bool|float\d*|int\d*|uint\d*|complex\d*|"
+                               r"str|bytes")
 
 
 class _NumpyDtype:
@@ -335,7 +345,11 @@ class _NumpyDtype:
     self.dtype = np.dtype(name)
 
   def __setstate__(self, state):
-    order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+    # (version, byte order, subarray, names, fields, itemsize, alignment, flags).
+    if not isinstance(state, tuple) or len(state) < 6 or any(
+        part is not None for part in state[2:5]):
+      raise TorchPickleError("structured or sub-array numpy dtypes are not supported")
+    order = state[1]
     if order in ("<", ">"):
       self.dtype = self.dtype.newbyteorder(order)
 
