@@ -259,6 +259,7 @@ def test_numpy_arrays_are_rebuilt_safely():
     b"\x80\x02}(" + _str("a"),  # Truncated.
     b"\x80\x02" + _call("torch", "FloatStorage") + b".",  # Not callable.
     b"\x80\x02" + _call("builtins", "bytes", _int(1 << 30)) + b".",  # Would allocate 1 GiB.
+    b"\x80\x02" + _call("numpy", "ndarray", _tuple(_int(1 << 30))) + b".",  # 8 GiB.
     b"\x80\x02" + _call("_codecs", "encode", _str("x"), _str("zlib")) + b".",
 ])
 def test_malformed_pickles_are_value_errors(payload):

@@ -272,7 +272,7 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, bac
   return _PendingTensor(storage, storage_offset, size, stride, dtype=dtype)
 
 
-def _known_dtypes() -> set[np.dtype]:  # pylint: disable=invalid-name
+def _known_dtypes() -> set[np.dtype]:
   return {make() for make in _STORAGE_DTYPES.values()}
 
 
@@ -378,7 +378,7 @@ class _NumpyArray:
 
   def __init__(self, cls, shape, dtype_code):
     del dtype_code
-    if cls is not np.ndarray or tuple(shape) != (0,):
+    if cls is not _NdarrayName or tuple(shape) != (0,):
       raise TorchPickleError("numpy array reconstruction with unexpected arguments")
     self.array = np.zeros(0)
 
@@ -387,6 +387,11 @@ class _NumpyArray:
       raise TorchPickleError("numpy array state is not (version, shape, dtype, order, data)")
     shape, dtype, fortran_order, raw = state[-4:]
     self.array = _array_from_bytes(raw, _plain_dtype(dtype), shape, bool(fortran_order))
+
+
+class _NdarrayName:
+  """What `numpy.ndarray` unpickles to: only ever an argument of `_reconstruct` (the real
+  class, called by the pickle, would allocate whatever shape the file says)."""
 
 
 def _numpy_scalar(dtype, raw):
@@ -407,7 +412,7 @@ def _numpy_global(module: str, name: str):
   if module == "numpy" and name == "dtype":
     return _NumpyDtype
   if module == "numpy" and name == "ndarray":
-    return np.ndarray  # Only ever an argument of _reconstruct, which checks it.
+    return _NdarrayName
   return None
 
 
