@@ -384,6 +384,22 @@ def test_unknown_layout_fails_with_what_it_found():
     stylegan2_ada.read_networks(data)
 
 
+class Network:
+  """Stands in for dnnlib.tflib.network.Network, what TF StyleGAN2 pickles hold."""
+
+
+def test_tensorflow_pickles_are_named(monkeypatch):
+  import pickle  # pylint: disable=g-import-not-at-top
+
+  for name in ("dnnlib", "dnnlib.tflib", "dnnlib.tflib.network"):
+    monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+  monkeypatch.setattr(sys.modules["dnnlib.tflib.network"], "Network", Network, raising=False)
+  monkeypatch.setattr(Network, "__module__", "dnnlib.tflib.network")
+  data = pickle.dumps((Network(), Network(), Network()))
+  with pytest.raises(stylegan2_ada.LayoutError, match=r"dnnlib\.tflib.*legacy\.py"):
+    stylegan2_ada.read_networks(data)
+
+
 def test_missing_unexpected_and_misshapen_tensors_are_listed(official, base_config):
   broken = {network: dict(state) for network, state in official.items()}
   del broken["G_ema"]["synthesis.b8.torgb.bias"]

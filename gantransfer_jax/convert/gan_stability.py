@@ -159,7 +159,11 @@ def split_entries(arrays: StateDict) -> dict[str, StateDict]:
 
 def read_entries(source: torch_pickle.PathOrFile) -> dict[str, StateDict]:
   """`split_entries` of a file (path, bytes or binary file object)."""
-  return split_entries(torch_pickle.flatten_arrays(torch_pickle.load(source)))
+  try:
+    data = torch_pickle.load(source)
+  except torch_pickle.TorchPickleError as error:
+    raise LayoutError(f"not a GAN_stability checkpoint: {error}") from None
+  return split_entries(torch_pickle.flatten_arrays(data))
 
 
 def select_networks(entries: Mapping[str, StateDict],

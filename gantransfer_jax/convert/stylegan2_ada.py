@@ -145,9 +145,18 @@ class Architecture:
 # ---- Reading official files -------------------------------------------------------------
 
 
+def _load(source: torch_pickle.PathOrFile) -> Any:
+  try:
+    return torch_pickle.load(source)
+  except torch_pickle.TorchPickleError as error:
+    raise LayoutError(f"not a StyleGAN2-ADA checkpoint: {error} (TensorFlow StyleGAN2 "
+                      "pickles: convert them with the official repo's legacy.py "
+                      "first)") from None
+
+
 def read_file(source: torch_pickle.PathOrFile) -> tuple[dict[str, StateDict], dict[str, Any]]:
   """(`read_networks`, `recorded_fields`) of one file, read once."""
-  data = torch_pickle.load(source)
+  data = _load(source)
   return _networks(data), recorded_fields(data)
 
 
@@ -161,7 +170,7 @@ def read_networks(source: torch_pickle.PathOrFile) -> dict[str, StateDict]:
   Raises:
     LayoutError: the file holds no 'G_ema' or no 'D' network.
   """
-  return _networks(torch_pickle.load(source))
+  return _networks(_load(source))
 
 
 def _networks(data: Any) -> dict[str, StateDict]:
