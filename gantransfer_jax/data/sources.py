@@ -81,6 +81,7 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
+from gantransfer_jax import assets
 from gantransfer_jax.data import folder
 
 FOLDER = "folder"
@@ -660,15 +661,10 @@ def _fingerprint(source: Source) -> list[tuple[str, int, str]]:
 def _file_digest(path: str) -> tuple[int, str]:
   """(size, sha256) of a file; an unreadable one is keyed by its error (the loader skips
   it with a warning)."""
-  digest = hashlib.sha256()
   try:
-    with open(path, "rb") as f:
-      size = os.fstat(f.fileno()).st_size
-      for block in iter(lambda: f.read(1 << 20), b""):
-        digest.update(block)
+    return os.stat(path).st_size, assets.sha256_of(path)
   except OSError as e:
     return -1, type(e).__name__
-  return size, digest.hexdigest()
 
 
 def content_digest(array: Any) -> str:
