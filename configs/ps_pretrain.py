@@ -113,6 +113,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   # Multi-host: set to True on a pod slice / several hosts (calls jax.distributed.initialize()).
   config.distributed = False
+  # Resuming a workdir with a config that differs in more than run length and logging
+  # (total_steps, *_every, keep_checkpoints, eval sizes) is refused unless this is True.
+  config.resume_with_changed_config = False
 
   if model == "resnet":
     resnet_model(config)

@@ -1,41 +1,193 @@
 """Orbax checkpoints of the train state, with the run's config saved beside it.
 
-Layout: `WORKDIR/checkpoints/<step>/{state,config}`. The config travels with every
-checkpoint so finetuning and analysis tools can rebuild the model that wrote it.
+Layout: `WORKDIR/checkpoints/<step>/{state,config,SHA256SUMS}`. The config travels with
+every checkpoint so finetuning and analysis tools can rebuild the model that wrote it.
+
+Integrity: once Orbax has committed a step, its `SHA256SUMS` manifest (the format of
+coreutils' `sha256sum`, so `sha256sum -c SHA256SUMS` checks a step by hand) records every
+file. Restoring verifies it: a damaged newest step is reported in one line and the
+newest intact one is used instead (a resumed run moves damaged steps to
+`WORKDIR/damaged_checkpoints/`). Steps without a manifest (written before manifests
+existed, or killed between commit and manifest) restore unverified, with a warning.
+
+`WorkdirLock` keeps a workdir to one run at a time.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import threading
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+
+from gantransfer_jax import errors
 
 CHECKPOINT_DIR = "checkpoints"
+MANIFEST = "SHA256SUMS"
+DAMAGED_DIR = "damaged_checkpoints"
+LOCK_FILE = ".lock"
+
+_HASH_CHUNK_BYTES = 1 << 20
+_warned_unverified: set[str] = set()  # Step folders already warned about (warn once).
+
+
+class CheckpointError(errors.UserError, ValueError):
+  """A checkpoint that cannot be restored: damaged, or not of the configured model."""
+
+
+class WorkdirInUseError(errors.UserError, RuntimeError):
+  """Another live run holds the workdir."""
 
 
 def _config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  """TensorStore errors run to hundreds of lines; their first one says what broke."""
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else type(error).__name__
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ---- Checksum manifests --------------------------------------------------------------
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(_HASH_CHUNK_BYTES), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _step_files(step_dir: str) -> list[str]:
+  """The step's files relative to it, sorted; the manifest (and its temporary) excluded."""
+  files = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), step_dir)
+      if not rel.startswith(MANIFEST):
+        files.append(rel)
+  return sorted(files)
+
+
+def write_manifest(step_dir: str) -> None:
+  """Records the sha256 of every file of a committed step (atomically: all or nothing)."""
+  lines = [f"{_sha256(os.path.join(step_dir, rel))}  {rel}\n" for rel in _step_files(step_dir)]
+  temporary = os.path.join(step_dir, MANIFEST + ".tmp")
+  with open(temporary, "w", encoding="utf-8") as f:
+    f.writelines(lines)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, os.path.join(step_dir, MANIFEST))
+
+
+def has_manifest(step_dir: str) -> bool:
+  return os.path.isfile(os.path.join(step_dir, MANIFEST))
+
+
+def manifest_problem(step_dir: str) -> str | None:
+  """What is wrong with a step that has a manifest (a file missing or changed), or None."""
+  with open(os.path.join(step_dir, MANIFEST), encoding="utf-8") as f:
+    entries = [line.rstrip("\n").split("  ", 1) for line in f if line.strip()]
+  if not entries or any(len(entry) != 2 for entry in entries):
+    return f"its {MANIFEST} is unreadable"
+  for digest, rel in entries:
+    path = os.path.join(step_dir, rel)
+    if not os.path.isfile(path):
+      return f"{rel} is missing"
+    if _sha256(path) != digest:
+      return f"{rel} does not match its checksum"
+  return None
+
+
+def _warn_unverified(step_dir: str) -> None:
+  if step_dir not in _warned_unverified:
+    _warned_unverified.add(step_dir)
+    logging.warning("Checkpoint %s has no %s (written before checksums, or interrupted "
+                    "before its manifest): restoring it unverified.", step_dir, MANIFEST)
+
+
+# ---- One run per workdir -------------------------------------------------------------
+
+
+class WorkdirLock:
+  """An exclusive `flock` on WORKDIR/.lock, held for a whole run.
+
+  The kernel releases a flock when its holder exits, however it exits (kill -9
+  included), so the file a dead run leaves is simply taken over; the pid inside only
+  names the holder in the error. Only the first process of a multi-host run takes it
+  (the others write into the same workdir as part of the same run). Needs a filesystem
+  with working flock (local disks do; some network filesystems do not).
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    self._fd: int | None = None
+
+  def __enter__(self) -> WorkdirLock:
+    if jax.process_index() != 0:
+      return self
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+      os.close(fd)
+      raise WorkdirInUseError(
+          f"workdir {os.path.dirname(self.path)} is in use by another run (pid {holder}): "
+          "wait for it to finish, stop it, or pick another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+# ---- The train state's checkpoints -----------------------------------------------------
+
+
 class Checkpointer:
-  """Saves every `every` steps (and on demand), keeps the newest `keep`, resumes."""
+  """Saves every `every` steps (and on demand), keeps the newest `keep`, resumes.
+
+  Saves are asynchronous (Orbax); a background thread writes each step's manifest
+  once Orbax has committed it.
+  """
 
   def __init__(self, workdir: str, *, keep: int = 3):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
     )
+    self._sealer: threading.Thread | None = None
+    self._problems: dict[int, str | None] = {}  # Verified steps: None = intact.
+    self._closed = False
 
   @property
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> None:
+    self._join_sealer()  # Orbax would wait for the previous save here anyway.
     if step in self._manager.all_steps():
       return  # Already saved at this step (e.g. periodic save then final save).
     self._manager.save(
@@ -45,23 +197,111 @@ class Checkpointer:
             config=ocp.args.JsonSave(_config_to_json(config)),
         ),
     )
+    self._sealer = threading.Thread(target=self._seal, args=(step,), daemon=True,
+                                    name=f"checkpoint-manifest-{step}")
+    self._sealer.start()
+
+  def _seal(self, step: int) -> None:
+    try:
+      self._manager.wait_until_finished()
+      if jax.process_index() == 0 and os.path.isdir(self.step_dir(step)):
+        write_manifest(self.step_dir(step))
+    except Exception as e:  # pylint: disable=broad-except
+      # The step stays restorable, unverified; the save's own error (if any) is
+      # Orbax's to report from the main thread.
+      logging.warning("No %s for checkpoint %d: %s", MANIFEST, step, _first_line(e))
+
+  def _join_sealer(self) -> None:
+    if self._sealer is not None:
+      self._sealer.join()
+      self._sealer = None
+
+  def _problem(self, step: int) -> str | None:
+    """Why `step` is damaged (its manifest disagrees with its files), or None; cached."""
+    if step not in self._problems:
+      step_dir = self.step_dir(step)
+      self._problems[step] = manifest_problem(step_dir) if has_manifest(step_dir) else None
+    return self._problems[step]
+
+  def _report_damaged(self, step: int, why: str) -> None:
+    logging.warning("Checkpoint %s is damaged (%s): falling back to an older step.",
+                    self.step_dir(step), why)
+
+  def latest_config(self) -> dict[str, Any] | None:
+    """The config saved with the newest intact step (as JSON), or None without one."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      if self._problem(step) is None:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return dict(restored.config)
+    return None
 
   def restore_latest(self, target: Any) -> Any | None:
-    """Restores the newest checkpoint into `target`'s structure and shardings, or None."""
-    step = self.latest_step
-    if step is None:
-      return None
+    """Restores the newest intact checkpoint into `target`'s structure and shardings.
+
+    None when there is no checkpoint. Damaged steps (checksum mismatch; or, without a
+    manifest, unreadable) are reported, moved to WORKDIR/damaged_checkpoints/ once an
+    older step restores, and skipped; CheckpointError when no step restores.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    return restored.state
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    damaged = []
+    for step in steps:
+      step_dir = self.step_dir(step)
+      why = self._problem(step)
+      if why is None:
+        sealed = has_manifest(step_dir)
+        if not sealed:
+          _warn_unverified(step_dir)
+        try:
+          restored = self._manager.restore(
+              step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        except Exception as e:  # pylint: disable=broad-except
+          if sealed:  # Intact files that do not restore: not damage, a different model.
+            raise CheckpointError(
+                f"checkpoint {step_dir} is intact but does not restore into the "
+                f"configured model: {_first_line(e)}") from e
+          why = f"unreadable: {_first_line(e)}"
+        else:
+          self._set_aside(damaged)
+          return restored.state
+      self._report_damaged(step, why)
+      damaged.append((step, why))
+    if damaged:
+      raise CheckpointError(
+          f"no intact checkpoint in {self.directory}: "
+          + "; ".join(f"step {s}: {why}" for s, why in damaged)
+          + " (move the folder away to start afresh)")
+    return None
+
+  def _set_aside(self, damaged: list[tuple[int, str]]) -> None:
+    """Moves damaged steps out of Orbax's sight: a resumed run reaching their step
+    number again saves afresh instead of finding it taken."""
+    if not damaged:
+      return
+    if jax.process_index() == 0:
+      aside = os.path.join(self.workdir, DAMAGED_DIR)
+      os.makedirs(aside, exist_ok=True)
+      for step, _ in damaged:
+        destination, n = os.path.join(aside, str(step)), 1
+        while os.path.exists(destination):
+          destination, n = os.path.join(aside, f"{step}.{n}"), n + 1
+        os.replace(self.step_dir(step), destination)
+        logging.warning("Moved damaged checkpoint %d to %s.", step, destination)
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
+    self._join_sealer()
 
   def close(self) -> None:
+    """Waits for the pending save and its manifest; a second call does nothing."""
+    if self._closed:
+      return
     self._manager.wait_until_finished()
+    self._join_sealer()
     self._manager.close()
+    self._closed = True
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:
@@ -83,13 +323,39 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
       "a checkpoints folder, or a step folder")
 
 
+def _intact_step(directory: str, step: int, explicit: bool) -> int:
+  """`step` if intact; else, unless the user named that very step, the newest intact
+  older one (read-only: nothing is moved)."""
+  steps = [step] if explicit else sorted(
+      (int(d) for d in os.listdir(directory) if d.isdigit() and int(d) <= step), reverse=True)
+  problems = []
+  for candidate in steps:
+    step_dir = os.path.join(directory, str(candidate))
+    if not has_manifest(step_dir):
+      _warn_unverified(step_dir)
+      return candidate
+    why = manifest_problem(step_dir)
+    if why is None:
+      return candidate
+    logging.warning("Checkpoint %s is damaged (%s)%s.", step_dir, why,
+                    "" if explicit else ": trying an older step")
+    problems.append(f"step {candidate}: {why}")
+  raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(problems))
+
+
 def _restore(path: str, *, with_state: bool):
   directory, step = resolve_checkpoint(path)
+  explicit = os.path.abspath(os.path.expanduser(path)) == os.path.join(directory, str(step))
+  step = _intact_step(directory, step, explicit)
   items = {"config": ocp.args.JsonRestore()}
   if with_state:
     items["state"] = ocp.args.StandardRestore()
-  with ocp.CheckpointManager(directory) as manager:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  try:
+    with ocp.CheckpointManager(directory) as manager:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"cannot read checkpoint {os.path.join(directory, str(step))}: "
+                          f"{_first_line(e)}") from e
   state = restored.state if with_state else None
   return ml_collections.ConfigDict(restored.config), state, step
 

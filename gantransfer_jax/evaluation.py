@@ -108,15 +108,23 @@ class Evaluator:
 
     self._generate = generate
 
-  def generated_features(self, params: Any, state: Any) -> np.ndarray:
+  def generated_features(self, params: Any, state: Any,
+                         should_stop: Callable[[], bool] | None = None) -> np.ndarray | None:
+    """Features of the generated images; None (abandoned) once `should_stop()` is true
+    between batches: a preempted run must stop within its grace period."""
     features = []
     for i, (z, cond) in enumerate(zip(self._latents, self._conds)):
+      if should_stop is not None and should_stop():
+        return None
       images = self._generate(params, state, z, cond, jax.random.fold_in(self._noise_key, i))
       features.append(self.feature_fn(images))
     return np.concatenate(features)[:self.num_images]
 
-  def __call__(self, params: Any, state: Any) -> dict[str, float]:
-    fake = self.generated_features(params, state)
+  def __call__(self, params: Any, state: Any,
+               should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+    fake = self.generated_features(params, state, should_stop)
+    if fake is None:
+      return None
     return {f"eval/{name}": value
             for name, value in scores(self.reference, fake, self.k).items()}
 

@@ -22,6 +22,7 @@ extra phase (mb_ratio) does not apply, so it is not used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -36,10 +37,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 
+from gantransfer_jax import ada
 from gantransfer_jax import augment
 from gantransfer_jax import checkpoints
+from gantransfer_jax import errors
 from gantransfer_jax import evaluation
 from gantransfer_jax import freezing
 from gantransfer_jax import images as image_lib
@@ -70,6 +74,7 @@ class TrainState:
   g_opt_state: Any
   d_opt_state: Any
   pl_mean: jax.Array     # Running mean of path lengths (path-length regulariser).
+  augment_state: ada.AdaState  # ADA's p and its controller's statistics (unused otherwise).
 
 
 def frozen_prefixes(config: ml_collections.ConfigDict) -> FrozenPrefixes:
@@ -108,13 +113,47 @@ def init_train_state(config, gan: gan_lib.Gan, g_tx, d_tx,
       g_opt_state=g_tx.init(_trainable(g_params, frozen.generator)),
       d_opt_state=d_tx.init(_trainable(d_params, frozen.discriminator)),
       pl_mean=jnp.zeros((), jnp.float32),
+      augment_state=ada.init_state(_initial_augment_p(config)),
   )
+
+
+def _initial_augment_p(config) -> float:
+  if not augment.parse(config.augment).is_ada:
+    return 0.0
+  return augment.ada_controller(config)[1]
 
 
 def create_train_state(config, gan, g_tx, d_tx, mesh,
                        frozen: FrozenPrefixes = FrozenPrefixes()) -> TrainState:
   init = functools.partial(init_train_state, config, gan, g_tx, d_tx, frozen)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+
+
+def _saved_state_fields(directory: str, step: int) -> set[str]:
+  """The top-level fields of the train state saved at `step` (from Orbax's metadata)."""
+  with ocp.CheckpointManager(
+      directory, item_handlers={"state": ocp.StandardCheckpointHandler()}) as manager:
+    return set(manager.item_metadata(step)["state"].tree)
+
+
+def restore_for_resume(checkpointer: checkpoints.Checkpointer,
+                       state: TrainState) -> TrainState | None:
+  """`checkpointer.restore_latest(state)`, also for checkpoints from before ADA.
+
+  Those have no `augment_state`: the rest restores and p starts at its initial value
+  (what such a run used: DiffAugment, or nothing).
+  """
+  step = checkpointer.latest_step
+  if step is None or "augment_state" in _saved_state_fields(checkpointer.directory, step):
+    return checkpointer.restore_latest(state)
+  fields = {name: getattr(state, name) for name in state.__dataclass_fields__
+            if name != "augment_state"}
+  restored = checkpointer.restore_latest(fields)
+  if restored is None:
+    return None
+  logging.info("Checkpoint %d predates ADA's state: p starts at %.3f.", step,
+               float(state.augment_state.p))
+  return state.replace(**restored)
 
 
 def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
@@ -129,7 +168,11 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
   loss_cfg = config.loss
   gan_loss = losses.gan_loss(loss_cfg.kind)
   d_steps = loss_cfg.get("d_steps", 1)
-  policy = augment.validate_policy(config.augment)
+  spec = augment.parse(config.augment)
+  ada_controller = augment.ada_controller(config)[0] if spec.is_ada else None
+  bcr_weight = loss_cfg.get("bcr_weight", 0.0)
+  # bCR's T: a fresh draw of the configured augmentation, or Zhao et al.'s translation.
+  bcr_spec = spec if spec.active else augment.parse("translation")
   ema_beta = losses.ema_beta(batch, config.ema_kimg)
   ema_start_step = config.get("ema_start_step", 0)
   base_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_SALT)
@@ -140,36 +183,43 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
   def latents(key, n):
     return shard(jax.random.normal(key, (n, gan.z_dim)))
 
-  def discriminate(d_params, d_state, images, cond, key):
-    if policy:
-      images = augment.diff_augment(key, images, policy)
+  def discriminate(d_params, d_state, images, cond, key, p):
+    images = augment.apply(spec, key, images, p)
     return gan.discriminate(d_params, d_state, images, cond)
 
-  def g_loss_fn(g_trainable, g_frozen, state, data, key, do_pl):
+  def bcr_penalty(d_params, d_state, images, logits, cond, key, p):
+    """Consistency of D between what the loss saw and a fresh draw T (Zhao et al.)."""
+    t_logits, d_state = gan.discriminate(
+        d_params, d_state, augment.apply(bcr_spec, key, images, p), cond)
+    return losses.consistency_penalty(logits, t_logits), d_state
+
+  def g_loss_fn(g_trainable, g_frozen, state, data, key):
     g_params = freezing.merge(g_trainable, g_frozen)
-    k_cond, k_z, k_gen, k_aug, k_pl = jax.random.split(key, 5)
+    k_cond, k_z, k_gen, k_aug, _ = jax.random.split(key, 5)  # The last: path length's.
     cond = shard(sampler.sample_cond(data, k_cond, batch))
     fakes, g_state = gan.generate(g_params, state.g_state, latents(k_z, batch), cond, k_gen)
-    logits, _ = discriminate(state.d_params, state.d_state, fakes, cond, k_aug)
+    logits, _ = discriminate(state.d_params, state.d_state, fakes, cond, k_aug,
+                             state.augment_state.p)
     loss_main = gan_loss.generator(logits)
-    metrics = {"loss/g": loss_main}
-    loss, pl_mean = loss_main, state.pl_mean
-    if do_pl:
-      k_pl_z, k_pl_cond, k_pl = jax.random.split(k_pl, 3)
-      pl_batch = max(batch // loss_cfg.pl_batch_shrink, 1)
-      pl_cond = shard(sampler.sample_cond(data, k_pl_cond, pl_batch))
-      penalty, pl_mean = gan.path_length_penalty(
-          g_params, state.g_state, latents(k_pl_z, pl_batch), pl_cond, k_pl, state.pl_mean)
-      loss = loss + penalty * loss_cfg.pl_weight * loss_cfg.pl_interval
-      metrics["loss/pl"] = penalty
-    return loss, (g_state, pl_mean, metrics)
+    return loss_main, (g_state, {"loss/g": loss_main})
 
-  def d_loss_fn(d_trainable, d_frozen, d_state, reals, fakes, cond, key, do_r1):
+  def pl_loss_fn(g_trainable, g_frozen, state, data, key):
+    """The lazy path-length term (its own backward pass: see train_step)."""
+    g_params = freezing.merge(g_trainable, g_frozen)
+    k_pl_z, k_pl_cond, k_pl = jax.random.split(jax.random.split(key, 5)[4], 3)
+    pl_batch = max(batch // loss_cfg.pl_batch_shrink, 1)
+    pl_cond = shard(sampler.sample_cond(data, k_pl_cond, pl_batch))
+    penalty, pl_mean = gan.path_length_penalty(
+        g_params, state.g_state, latents(k_pl_z, pl_batch), pl_cond, k_pl, state.pl_mean)
+    loss = penalty * loss_cfg.pl_weight * loss_cfg.pl_interval
+    return loss, (pl_mean, {"loss/pl": penalty})
+
+  def d_loss_fn(d_trainable, d_frozen, d_state, reals, fakes, cond, key, do_r1, p):
     d_params = freezing.merge(d_trainable, d_frozen)
-    k_real, k_fake = jax.random.split(key)
+    k_real, k_fake, k_bcr_real, k_bcr_fake = jax.random.split(key, 4)
 
     def discriminate_reals(images):
-      return discriminate(d_params, d_state, images, cond, k_real)
+      return discriminate(d_params, d_state, images, cond, k_real, p)
 
     if do_r1:
       # One forward pass on the reals serves both the loss and R1 (taken through
@@ -178,16 +228,25 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
                                                    return_logits=True, has_aux=True)
     else:
       real_logits, d_state = discriminate_reals(reals)
-    fake_logits, d_state = discriminate(d_params, d_state, fakes, cond, k_fake)
+    fake_logits, d_state = discriminate(d_params, d_state, fakes, cond, k_fake, p)
     loss = gan_loss.discriminator(real_logits, fake_logits)
     metrics = {"loss/d": loss, "scores/real": real_logits.mean(),
-               "scores/fake": fake_logits.mean()}
+               "scores/fake": fake_logits.mean(),
+               # ADA's overfitting heuristic r_t averages this over its interval.
+               "scores/real_sign": jnp.mean(jnp.sign(real_logits))}
+    if bcr_weight:
+      bcr_real, d_state = bcr_penalty(d_params, d_state, reals, real_logits, cond,
+                                      k_bcr_real, p)
+      bcr_fake, d_state = bcr_penalty(d_params, d_state, fakes, fake_logits, cond,
+                                      k_bcr_fake, p)
+      loss = loss + bcr_weight * (bcr_real + bcr_fake)
+      metrics.update({"loss/bcr_real": bcr_real, "loss/bcr_fake": bcr_fake})
     if do_r1:
       loss = loss + r1 * (loss_cfg.r1_gamma / 2) * loss_cfg.r1_interval
       metrics["loss/r1"] = r1
     return loss, (d_state, metrics)
 
-  def d_update(g_params, g_state, data, do_r1, carry, key):
+  def d_update(g_params, g_state, data, do_r1, p, carry, key):
     """One discriminator step (Algorithm 1's inner loop): fresh reals, z and fakes."""
     d_params, d_state, d_opt_state = carry
     k_reals, k_z, k_gen, k_d = jax.random.split(key, 4)
@@ -197,7 +256,7 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     fakes = jax.lax.stop_gradient(fakes)
     d_trainable, d_frozen = freezing.split(d_params, frozen.discriminator)
     d_grads, (d_state, metrics) = jax.grad(d_loss_fn, has_aux=True)(
-        d_trainable, d_frozen, d_state, real_batch["images"], fakes, cond, k_d, do_r1)
+        d_trainable, d_frozen, d_state, real_batch["images"], fakes, cond, k_d, do_r1, p)
     d_updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_trainable)
     d_params = freezing.merge(optax.apply_updates(d_trainable, d_updates), d_frozen)
     return (d_params, d_state, d_opt_state), metrics
@@ -207,14 +266,25 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     k_g, k_d = jax.random.split(key)
 
     g_trainable, g_frozen = freezing.split(state.g_params, frozen.generator)
-    g_grads, (g_state, pl_mean, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(
-        g_trainable, g_frozen, state, data, k_g, do_pl)
+    g_grads, (g_state, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(
+        g_trainable, g_frozen, state, data, k_g)
+    pl_mean = state.pl_mean
+    if do_pl:
+      # Differentiated apart and ordered after the main pass (the barrier holds its
+      # inputs until the main gradients exist), so that the activations of the two
+      # passes are never held at once (paper preset: 28.5 -> see README).
+      g_grads, g_trainable_pl = jax.lax.optimization_barrier((g_grads, g_trainable))
+      pl_grads, (pl_mean, pl_metrics) = jax.grad(pl_loss_fn, has_aux=True)(
+          g_trainable_pl, g_frozen, state, data, k_g)
+      g_grads = jax.tree.map(jnp.add, g_grads, pl_grads)
+      g_metrics = {**g_metrics, **pl_metrics}
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, g_trainable)
     g_params = freezing.merge(optax.apply_updates(g_trainable, g_updates), g_frozen)
     beta = jnp.where(state.step < ema_start_step, 0.0, ema_beta) if ema_start_step else ema_beta
     g_ema_params = losses.ema_update(state.g_ema_params, g_params, beta)
 
-    step_d = functools.partial(d_update, g_params, g_state, data, do_r1)
+    step_d = functools.partial(d_update, g_params, g_state, data, do_r1,
+                               state.augment_state.p)
     carry = (state.d_params, state.d_state, state.d_opt_state)
     if d_steps == 1:
       carry, d_metrics = step_d(carry, k_d)
@@ -223,13 +293,19 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
       # 4 D steps: 1.9 img/s rolled, 51.6 unrolled), and d_steps is small.
       carry, d_metrics = jax.lax.scan(step_d, carry, jax.random.split(k_d, d_steps),
                                       unroll=True)
-      d_metrics = jax.tree.map(jnp.mean, d_metrics)
     d_params, d_state, d_opt_state = carry
+    augment_state = state.augment_state
+    if ada_controller is not None:
+      # r_t's statistics stay on device; p moves every `interval` D steps (NOTES §10).
+      augment_state = ada.adjust(
+          ada.accumulate(augment_state, d_metrics["scores/real_sign"]), ada_controller)
+      d_metrics = {**d_metrics, "augment/p": augment_state.p, "augment/rt": augment_state.rt}
+    d_metrics = jax.tree.map(jnp.mean, d_metrics)
 
     new_state = state.replace(
         step=state.step + 1, g_params=g_params, g_state=g_state, g_ema_params=g_ema_params,
         d_params=d_params, d_state=d_state, g_opt_state=g_opt_state,
-        d_opt_state=d_opt_state, pl_mean=pl_mean)
+        d_opt_state=d_opt_state, pl_mean=pl_mean, augment_state=augment_state)
     return new_state, {**g_metrics, **d_metrics}
 
   replicated = parallel.replicated(mesh)
@@ -289,8 +365,10 @@ def make_sample_fn(config, setup: Setup, mesh) -> Callable[[TrainState], jax.Arr
 class _StopSignal:
   """Turns SIGTERM/SIGINT into a flag the loop checks between steps.
 
-  The loop then saves a checkpoint and exits cleanly; a second signal falls back to
-  the previous handler (e.g. KeyboardInterrupt) for users who really want out.
+  The loop then saves a checkpoint and exits cleanly (an evaluation in progress is
+  abandoned between its batches). A second signal is for users and supervisors who
+  really want out: it goes to the previous Python handler (SIGINT's KeyboardInterrupt)
+  or, where that is a disposition (SIG_DFL, SIG_IGN), ends the process as SIG_DFL does.
   """
 
   def __init__(self):
@@ -298,11 +376,13 @@ class _StopSignal:
     self._previous = {}
 
   def _handle(self, signum, frame):
-    del frame
     if self.requested:
       previous = self._previous.get(signum)
       if callable(previous):
-        previous(signum, None)
+        previous(signum, frame)
+      else:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
       return
     self.requested = True
     logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
@@ -320,6 +400,67 @@ class _StopSignal:
       signal.signal(signum, previous)
 
 
+class DivergenceError(errors.UserError, RuntimeError):
+  """Training produced a non-finite loss or parameter; nothing non-finite was saved."""
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point value of `tree` is finite: one reduction on device."""
+  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(checks).all() if checks else jnp.array(True)
+
+
+def _first_non_finite_leaf(tree: Any) -> str:
+  """The path of the first non-finite array of `tree` (host side: only after a failed
+  `_all_finite`, to name it)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if jnp.issubdtype(leaf.dtype, jnp.inexact) and not np.isfinite(jax.device_get(leaf)).all():
+      return jax.tree_util.keystr(path)
+  return "a value"
+
+
+def _first_non_finite_metric(history: list[dict[str, jax.Array]],
+                             first_step: int) -> tuple[int, str] | None:
+  """(step, name) of the earliest non-finite metric; history[i] is step first_step + i + 1."""
+  for i, metrics in enumerate(jax.device_get(history)):
+    for name in sorted(metrics):
+      if not np.isfinite(metrics[name]).all():
+        return first_step + i + 1, name
+  return None
+
+
+class _FiniteCheck:
+  """Ends the run with DivergenceError before non-finite values are logged, evaluated
+  or saved: checked at log, evaluation and save steps only (one device reduction over
+  the state and a fetch of the pending metrics), never per step."""
+
+  def __init__(self, checkpointer: checkpoints.Checkpointer):
+    self._checkpointer = checkpointer
+    self._checked_step = None
+
+  def __call__(self, step: int, state: TrainState,
+               history: list[dict[str, jax.Array]], history_first_step: int) -> None:
+    if step == self._checked_step:
+      return
+    bad = _first_non_finite_metric(history, history_first_step)
+    if bad is not None:
+      self._fail(bad[0], f"{bad[1]} is not finite")
+    if not bool(_all_finite(state)):
+      self._fail(step, f"{_first_non_finite_leaf(state)} is not finite")
+    self._checked_step = step
+
+  def _fail(self, step: int, what: str) -> None:
+    latest = self._checkpointer.latest_step
+    kept = (f"the newest checkpoint is step {latest} in {self._checkpointer.directory}"
+            if latest is not None else "no checkpoint was written yet")
+    raise DivergenceError(
+        f"training diverged at step {step}: {what}; nothing non-finite was saved and "
+        f"{kept} (lower optim.g_lr / optim.d_lr and resume from it with "
+        f"--config.resume_with_changed_config=True)")
+
+
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
   """Averages each metric over the steps that produced it (lazy regularisers skip some)."""
   fetched = jax.device_get(history)
@@ -334,10 +475,24 @@ def _format_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _save_samples(workdir: str, step: int, samples: jax.Array) -> str:
+def fixed_training_images(config, setup: Setup) -> np.ndarray:
+  """`num_sample_images` training images drawn once (the sample salt): what the
+  samples are compared with in `samples/real_vs_generated.png`."""
+  key = jax.random.fold_in(jax.random.key(config.seed), _SAMPLE_SALT)
+  draw = jax.jit(setup.sampler.sample, static_argnums=2)
+  return np.asarray(jax.device_get(draw(setup.data, key, config.num_sample_images)["images"]))
+
+
+def _save_samples(workdir: str, step: int, samples: jax.Array,
+                  reals: np.ndarray | None = None) -> str:
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
   if jax.process_index() == 0:
-    image_lib.save_grid(path, np.asarray(jax.device_get(samples)))
+    samples = np.asarray(jax.device_get(samples))
+    image_lib.save_grid(path, samples)
+    if reals is not None:
+      # Training images beside the latest samples, so that a fit can be judged at a glance.
+      image_lib.save_panels(os.path.join(workdir, "samples", "real_vs_generated.png"),
+                            [reals, samples])
   return path
 
 
@@ -362,9 +517,13 @@ class _PeriodicEvaluation:
     self._best_fid = min(fids, default=float("inf"))  # Survives a resume.
     self._last_step = None
 
-  def __call__(self, step: int, state: TrainState) -> None:
+  def __call__(self, step: int, state: TrainState,
+               should_stop: Callable[[], bool] | None = None) -> None:
     start = time.perf_counter()
-    scores = self._evaluator(state.g_ema_params, state.g_state)
+    scores = self._evaluator(state.g_ema_params, state.g_state, should_stop=should_stop)
+    if scores is None:
+      logging.warning("Evaluation at step %d abandoned: a stop was requested.", step)
+      return
     scores["perf/kimg"] = step * self._config.batch_size / 1000
     scores["perf/eval_seconds"] = time.perf_counter() - start
     self._writer.write_scalars(step, scores)
@@ -376,16 +535,20 @@ class _PeriodicEvaluation:
       self._best.save(step, state, self._config)
     self._last_step = step
 
-  def finish(self, step: int, state: TrainState) -> None:
+  def finish(self, step: int, state: TrainState,
+             should_stop: Callable[[], bool] | None = None) -> None:
     """Evaluates the final state (once) and reports the convergence metric."""
     if self._last_step != step:
-      self(step, state)
+      self(step, state, should_stop)
     self._writer.flush()
     kimg = evaluation.convergence_from_history(writers.read_metrics(self._workdir))
     summary = {"eval/best_fid": self._best_fid, "eval/convergence_kimg": kimg}
     self._writer.write_scalars(step, summary)
     logging.info("best FID %.2f; FID first within 5%% of its best at %.1f kimg",
                  self._best_fid, kimg)
+    self._best.close()
+
+  def close(self) -> None:
     self._best.close()
 
 
@@ -422,8 +585,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains (or resumes) the GAN described by config, writing everything to workdir."""
   workdir = os.path.abspath(workdir)
   if config.get("init_checkpoint"):
+    validation.check_init_checkpoint(config)
     config = checkpoints.inherit_model_config(config, config.init_checkpoint)
   validation.validate_train_config(config, workdir)
+  with checkpoints.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _check_same_experiment(config: ml_collections.ConfigDict, workdir: str,
+                           checkpointer: checkpoints.Checkpointer) -> None:
+  """A workdir holds one experiment: resuming it with a config that differs in more than
+  run length and logging is refused, unless `config.resume_with_changed_config`."""
+  saved, source = checkpointer.latest_config(), "its newest checkpoint"
+  config_path = os.path.join(workdir, "config.json")
+  if saved is None and os.path.exists(config_path):  # A run stopped before its first save.
+    with open(config_path, encoding="utf-8") as f:
+      saved, source = json.load(f), config_path
+  differences = validation.resume_differences(saved, config) if saved is not None else []
+  if not differences:
+    return
+  if config.get("resume_with_changed_config"):
+    logging.warning("Resuming %s with a changed config (resume_with_changed_config=True): "
+                    "%s", workdir, "; ".join(differences))
+    return
+  raise validation.ConfigError(
+      f"workdir {workdir} holds another experiment ({source} differs in "
+      f"{'; '.join(differences)}): pick a new --workdir, or resume it with these changes "
+      "by passing --config.resume_with_changed_config=True")
+
+
+@contextlib.contextmanager
+def _closing(*closables):
+  """Closes each (None skipped) however the run ends: a divergence must still let the
+  pending (finite) checkpoint finish writing."""
+  try:
+    yield
+  finally:
+    for closable in closables:
+      if closable is not None:
+        closable.close()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """train_and_evaluate once the config is valid and the workdir is this run's."""
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  _check_same_experiment(config, workdir, checkpointer)  # Before anything compiles.
   mesh = parallel.create_mesh()
   logging.info("Training on %d device(s) (%s), global batch %d.", mesh.size,
                jax.devices()[0].platform, config.batch_size)
@@ -431,8 +637,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   setup = build(config, mesh, data_cache_dir=os.path.join(workdir, "data_cache"))
   state = setup.state
 
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  restored = checkpointer.restore_latest(state)
+  restored = restore_for_resume(checkpointer, state)
   if restored is not None:
     state = restored
     logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
@@ -442,15 +647,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   _write_config(workdir, config)
 
   sample = make_sample_fn(config, setup, mesh)
+  reals = fixed_training_images(config, setup)
+  if int(state.step) == 0:  # Where a run starts from: random init or the checkpoint.
+    _save_samples(workdir, 0, sample(state), reals)
   writer = writers.create_writer(workdir)
   evaluate = _make_periodic_evaluation(config, setup, mesh, workdir, writer)
   step = int(state.step)
   start_step = step
   history: list[dict[str, jax.Array]] = []
-  compiles = progress.FirstCalls("the train step")  # Timed apart: not in rates and ETAs.
   interval_start, interval_first_step = time.perf_counter(), step
+  compiles = progress.FirstCalls("the train step")  # Timed apart: not in rates and ETAs.
+  check_finite = _FiniteCheck(checkpointer)
 
-  with _StopSignal() as stop:
+  with _StopSignal() as stop, _closing(checkpointer, evaluate, writer):
+    should_stop = lambda: stop.requested  # pylint: disable=unnecessary-lambda-assignment
     while step < config.total_steps and not stop.requested:
       state, metrics = compiles.call(setup.train_step, state, setup.data,
                                      **regularizer_schedule(step, config))
@@ -458,6 +668,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       history.append(metrics)
 
       if step % config.log_every == 0 or step == config.total_steps:
+        check_finite(step, state, history, interval_first_step)
         scalars = _mean_metrics(history)  # Blocks on the device: the interval is timed.
         elapsed = max(time.perf_counter() - interval_start - compiles.take_seconds(), 1e-6)
         steps_done = step - interval_first_step
@@ -475,22 +686,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         interval_start, interval_first_step = time.perf_counter(), step
 
       if step % config.sample_every == 0:
-        _save_samples(workdir, step, sample(state))
+        _save_samples(workdir, step, sample(state), reals)
       if evaluate and step % config.eval_every == 0:
-        evaluate(step, state)
+        check_finite(step, state, history, interval_first_step)  # best/ may save it.
+        evaluate(step, state, should_stop)
       if step % config.checkpoint_every == 0:
+        check_finite(step, state, history, interval_first_step)
         checkpointer.save(step, state, config)
 
     if stop.requested:
       logging.warning("Stopped at step %d; resume by running the same command again.", step)
     if step > start_step or checkpointer.latest_step is None:
+      check_finite(step, state, history, interval_first_step)
       checkpointer.save(step, state, config)
       if step % config.sample_every:
-        _save_samples(workdir, step, sample(state))
+        _save_samples(workdir, step, sample(state), reals)
       logging.info("Saved checkpoint %d in %s.", step, checkpointer.directory)
     if evaluate and not stop.requested:
-      evaluate.finish(step, state)
-  checkpointer.close()
-  writer.close()
+      evaluate.finish(step, state, should_stop)
   return state
-    validation.check_init_checkpoint(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -233,3 +234,45 @@ def validate_scoring_config(config: ml_collections.ConfigDict, workdir: str,
   if problems:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
+
+# Fields a resumed run may change: how long it runs and what it logs, saves or evaluates
+# (plus any `*_every` interval), never what it learns. Anything else differing from the
+# config a workdir's checkpoint was written with means a different experiment.
+RESUMABLE_FIELDS = frozenset({
+    "total_steps", "keep_checkpoints", "eval_num_images", "num_sample_images",
+    "distributed", "resume_with_changed_config",
+    "stylegan2.remat",  # Recomputes activations: memory, not results.
+})
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+_ABSENT = object()
+
+
+def _describe(value) -> str:
+  return "(absent)" if value is _ABSENT else repr(value)
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved X, now Y' for every field but run-length/logging ones that differs
+  between a workdir's saved config (JSON) and `config`."""
+  # Through JSON, as the saved side went: tuples become lists, numbers compare alike.
+  old = _flatten(saved)
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  differences = []
+  for field in sorted(old.keys() | new.keys()):
+    if field in RESUMABLE_FIELDS or field.endswith("_every"):
+      continue
+    before, after = old.get(field, _ABSENT), new.get(field, _ABSENT)
+    if before != after:
+      differences.append(f"{field}: saved {_describe(before)}, now {_describe(after)}")
+  return differences
