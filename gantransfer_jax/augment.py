@@ -1,5 +1,7 @@
 """DiffAugment (Zhao et al., 2020): differentiable per-sample augmentation for GANs.
 
+`config.augment` also selects ADA (`gantransfer_jax.ada`): see `parse`, `apply`.
+
 Applied to real and fake images alike, in D and G steps, so that D never sees an
 un-augmented image and G still gets gradients through the augmentation. Images are
 [B, H, W, C] floats in [-1, 1]. Every op draws its parameters independently per sample;
@@ -19,6 +21,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from gantransfer_jax import ada
 
 Array = jax.Array
 
@@ -177,6 +181,9 @@ def random_cutout(key: Array, x: Array) -> Array:
   return _random(_CUTOUT, key, x)
 
 
+ADA_FORMS = "ada | ada:PIPELINE | ada_fixed:P | ada_fixed:P:PIPELINE"
+
+
 def validate_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
   """Parses 'color,translation' or a sequence of names; raises on unknown names."""
   names = policy.split(",") if isinstance(policy, str) else list(policy)
@@ -184,8 +191,63 @@ def validate_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
   for name in names:
     if name not in POLICIES:
       raise ValueError(f"unknown DiffAugment policy {name!r}; valid choices: "
-                       f"{', '.join(POLICIES)} (comma-separated, or empty for none)")
+                       f"{', '.join(POLICIES)} (comma-separated, or empty for none), "
+                       f"or ADA: {ADA_FORMS}")
   return names
+
+
+class AugmentSpec(NamedTuple):
+  """What `config.augment` asks for: DiffAugment ops, or ADA (adaptive or fixed p)."""
+  diffaugment: tuple[str, ...] = ()
+  ada_pipeline: str | None = None    # An `ada.PIPELINES` name; None = no ADA.
+  ada_fixed_p: float | None = None   # None = adaptive p (the controller's).
+
+  @property
+  def is_ada(self) -> bool:
+    return self.ada_pipeline is not None
+
+  @property
+  def active(self) -> bool:
+    return bool(self.diffaugment) or self.is_ada
+
+
+def parse(text: str) -> AugmentSpec:
+  """Parses `config.augment`.
+
+    'color,translation,cutout'  DiffAugment policies in order ('' = no augmentation)
+    'ada'                      adaptive ADA, the default 'bgc' pipeline
+    'ada:bgcfnc'               adaptive ADA with another pipeline (ada.PIPELINES)
+    'ada_fixed:0.2'            ADA at a fixed p (no controller), 'bgc'
+    'ada_fixed:0.2:bgcfnc'     ADA at a fixed p with another pipeline
+  """
+  text = text.strip()
+  kind, _, rest = text.partition(":")
+  if kind not in ("ada", "ada_fixed"):
+    return AugmentSpec(diffaugment=validate_policy(text))
+  fields = rest.split(":") if rest else []
+  fixed_p = None
+  if kind == "ada_fixed":
+    try:
+      fixed_p = float(fields.pop(0)) if fields else None
+    except ValueError:
+      fixed_p = None
+    if fixed_p is None or not 0 <= fixed_p <= 1:
+      raise ValueError(f"augment {text!r}: ada_fixed needs a probability in [0, 1], e.g. "
+                       f"'ada_fixed:0.2' (forms: {ADA_FORMS})")
+  pipeline = fields.pop(0) if fields else "bgc"
+  if fields or pipeline not in ada.PIPELINES:
+    raise ValueError(f"augment {text!r}: unknown ADA pipeline; valid: "
+                     f"{', '.join(ada.PIPELINES)} (forms: {ADA_FORMS})")
+  return AugmentSpec(ada_pipeline=pipeline, ada_fixed_p=fixed_p)
+
+
+def apply(spec: AugmentSpec, key: Array, images: Array, p: Array | float = 0.0) -> Array:
+  """Augments what D is about to see: DiffAugment, or ADA at probability p."""
+  if spec.is_ada:
+    return ada.augment(key, images, p, spec.ada_pipeline)
+  if spec.diffaugment:
+    return diff_augment(key, images, spec.diffaugment)
+  return images
 
 
 def diff_augment(key: Array, images: Array, policy: str | Sequence[str]) -> Array:
@@ -205,3 +267,32 @@ def diff_augment(key: Array, images: Array, policy: str | Sequence[str]) -> Arra
     images = op.apply(images, uniforms[:, column:column + op.num_uniforms])
     column += op.num_uniforms
   return images
+
+
+# ADA's controller settings (`config.ada`), the official defaults for training from
+# scratch; transfers use kimg 100 (paper 004, StyleGAN2-ADA's resume default).
+ADA_DEFAULTS = dict(target=0.6, interval=4, kimg=500.0, initial_p=0.0)
+
+
+def ada_controller(config) -> tuple[ada.Controller, float]:
+  """(controller, initial p) of a config whose `augment` is an ADA form; ValueError
+  on settings that cannot work."""
+  spec = parse(config.augment)
+  settings = {**ADA_DEFAULTS, **(config.get("ada") or {})}
+  problems = []
+  if not 0 < settings["target"] < 1:
+    problems.append(f"ada.target must be in (0, 1), got {settings['target']}")
+  if int(settings["interval"]) < 1:
+    problems.append(f"ada.interval must be >= 1, got {settings['interval']}")
+  if settings["kimg"] <= 0:
+    problems.append(f"ada.kimg must be > 0, got {settings['kimg']}")
+  if settings["initial_p"] < 0:
+    problems.append(f"ada.initial_p must be >= 0, got {settings['initial_p']}")
+  if problems:
+    raise ValueError("; ".join(problems))
+  controller = ada.Controller(
+      batch_size=config.batch_size, target=float(settings["target"]),
+      interval=int(settings["interval"]), kimg=float(settings["kimg"]),
+      adaptive=spec.ada_fixed_p is None)
+  initial_p = spec.ada_fixed_p if spec.ada_fixed_p is not None else settings["initial_p"]
+  return controller, float(initial_p)
