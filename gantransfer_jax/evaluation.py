@@ -23,6 +23,7 @@ import numpy as np
 
 from gantransfer_jax import metrics
 from gantransfer_jax import parallel
+from gantransfer_jax import progress
 from gantransfer_jax.data import sampler as sampler_lib
 from gantransfer_jax.data import sources
 from gantransfer_jax.metrics import inception
@@ -113,11 +114,14 @@ class Evaluator:
     """Features of the generated images; None (abandoned) once `should_stop()` is true
     between batches: a preempted run must stop within its grace period."""
     features = []
-    for i, (z, cond) in enumerate(zip(self._latents, self._conds)):
-      if should_stop is not None and should_stop():
-        return None
-      images = self._generate(params, state, z, cond, jax.random.fold_in(self._noise_key, i))
-      features.append(self.feature_fn(images))
+    with progress.Counter("generating and scoring images", self.num_images) as counter:
+      for i, (z, cond) in enumerate(zip(self._latents, self._conds)):
+        if should_stop is not None and should_stop():
+          return None
+        images = self._generate(params, state, z, cond,
+                                jax.random.fold_in(self._noise_key, i))
+        features.append(np.asarray(self.feature_fn(images)))  # Blocks: honest rates.
+        counter.update(min(len(z), self.num_images - counter.done))
     return np.concatenate(features)[:self.num_images]
 
   def __call__(self, params: Any, state: Any,

@@ -39,7 +39,9 @@ from absl import flags
 from absl import logging
 
 from gantransfer_jax import checkpoints
+from gantransfer_jax import errors
 from gantransfer_jax import images as image_lib
+from gantransfer_jax import progress
 from gantransfer_jax.data import sampler as sampler_lib
 from gantransfer_jax.models import gan as gan_lib
 
@@ -94,6 +96,7 @@ class Model:
   def generate(self, z: jax.Array, cond: jax.Array | None, key: jax.Array) -> jax.Array:
     """Images of latents `z` (and conditions), as the grids draw them."""
     return self.gan.sample(self.params, self.state, z, cond, key)
+
 
   def mixing_grid(self, key: jax.Array, num: int, crossover: int | None) -> np.ndarray:
     """(num + 1)^2 images: unmixed z_j on top, unmixed z_i on the left, mixes inside.
@@ -211,8 +214,10 @@ def write_samples(checkpoint: str, out: str, *, num: int = 16, seed: int = 0,
   return paths
 
 
+@errors.one_line_user_errors()
 def main(argv):
   del argv
+  progress.quiet_library_logs()
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError("--checkpoint and --out are required")
   paths = write_samples(_CHECKPOINT.value, _OUT.value, num=_NUM.value, seed=_SEED.value,

@@ -51,6 +51,7 @@ from jax.sharding import Mesh
 
 from gantransfer_jax import assets
 from gantransfer_jax import parallel
+from gantransfer_jax import progress
 from gantransfer_jax import weights
 from gantransfer_jax.metrics import distances
 from gantransfer_jax.metrics import torch_pickle
@@ -552,12 +553,14 @@ def reference_stats(
 
   feature_fn = load(convention=convention) if feature_fn is None else feature_fn
   features, count = [], 0
-  for batch in images_fn():
-    batch = batch[:num_images - count]
-    features.append(np.asarray(feature_fn(batch), np.float32))
-    count += len(batch)
-    if count >= num_images:
-      break
+  with progress.Counter(f"features of the reference set {name_key}", num_images) as counter:
+    for batch in images_fn():
+      batch = batch[:num_images - count]
+      features.append(np.asarray(feature_fn(batch), np.float32))
+      count += len(batch)
+      counter.update(len(batch))
+      if count >= num_images:
+        break
   if count < num_images:
     raise ValueError(f"{name_key}: images_fn yielded {count} images, fewer than "
                      f"num_images={num_images}")
