@@ -369,20 +369,43 @@ class _StopSignal:
   abandoned between its batches). A second signal is for users and supervisors who
   really want out: it goes to the previous Python handler (SIGINT's KeyboardInterrupt)
   or, where that is a disposition (SIG_DFL, SIG_IGN), ends the process as SIG_DFL does.
+  Inside `uninterrupted()` (a checkpoint save) the second signal waits for its end.
   """
 
   def __init__(self):
     self.requested = False
     self._previous = {}
+    self._held = 0          # Depth of `uninterrupted` blocks.
+    self._deferred = None   # (signum, frame) of a second signal held back.
+
+  def _escalate(self, signum, frame):
+    previous = self._previous.get(signum)
+    if callable(previous):
+      previous(signum, frame)
+    else:
+      signal.signal(signum, signal.SIG_DFL)
+      signal.raise_signal(signum)
+
+  @contextlib.contextmanager
+  def uninterrupted(self):
+    """Holds a second signal back until the block ends. A KeyboardInterrupt raised inside
+    Orbax's (blocking part of) save leaves its writer threads waiting, up to 300 s, for
+    signals that never come, and the interpreter waits for them before it exits."""
+    self._held += 1
+    try:
+      yield
+    finally:
+      self._held -= 1
+      if not self._held and self._deferred is not None:
+        deferred, self._deferred = self._deferred, None
+        self._escalate(*deferred)
 
   def _handle(self, signum, frame):
     if self.requested:
-      previous = self._previous.get(signum)
-      if callable(previous):
-        previous(signum, frame)
+      if self._held:
+        self._deferred = (signum, frame)
       else:
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
+        self._escalate(signum, frame)
       return
     self.requested = True
     logging.warning("Received signal %d: saving a checkpoint and stopping.", signum)
@@ -517,9 +540,9 @@ class _PeriodicEvaluation:
     self._best_fid = min(fids, default=float("inf"))  # Survives a resume.
     self._last_step = None
 
-  def __call__(self, step: int, state: TrainState,
-               should_stop: Callable[[], bool] | None = None) -> None:
+  def __call__(self, step: int, state: TrainState, stop: _StopSignal | None = None) -> None:
     start = time.perf_counter()
+    should_stop = (lambda: stop.requested) if stop is not None else None
     scores = self._evaluator(state.g_ema_params, state.g_state, should_stop=should_stop)
     if scores is None:
       logging.warning("Evaluation at step %d abandoned: a stop was requested.", step)
@@ -532,14 +555,14 @@ class _PeriodicEvaluation:
                  scores["eval/recall"])
     if scores["eval/fid"] < self._best_fid:
       self._best_fid = scores["eval/fid"]
-      self._best.save(step, state, self._config)
+      with stop.uninterrupted() if stop is not None else contextlib.nullcontext():
+        self._best.save(step, state, self._config)
     self._last_step = step
 
-  def finish(self, step: int, state: TrainState,
-             should_stop: Callable[[], bool] | None = None) -> None:
+  def finish(self, step: int, state: TrainState, stop: _StopSignal | None = None) -> None:
     """Evaluates the final state (once) and reports the convergence metric."""
     if self._last_step != step:
-      self(step, state, should_stop)
+      self(step, state, stop)
     self._writer.flush()
     kimg = evaluation.convergence_from_history(writers.read_metrics(self._workdir))
     summary = {"eval/best_fid": self._best_fid, "eval/convergence_kimg": kimg}
@@ -660,7 +683,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
   check_finite = _FiniteCheck(checkpointer)
 
   with _StopSignal() as stop, _closing(checkpointer, evaluate, writer):
-    should_stop = lambda: stop.requested  # pylint: disable=unnecessary-lambda-assignment
     while step < config.total_steps and not stop.requested:
       state, metrics = compiles.call(setup.train_step, state, setup.data,
                                      **regularizer_schedule(step, config))
@@ -689,19 +711,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         _save_samples(workdir, step, sample(state), reals)
       if evaluate and step % config.eval_every == 0:
         check_finite(step, state, history, interval_first_step)  # best/ may save it.
-        evaluate(step, state, should_stop)
+        evaluate(step, state, stop)
       if step % config.checkpoint_every == 0:
         check_finite(step, state, history, interval_first_step)
-        checkpointer.save(step, state, config)
+        with stop.uninterrupted():
+          checkpointer.save(step, state, config)
 
     if stop.requested:
       logging.warning("Stopped at step %d; resume by running the same command again.", step)
     if step > start_step or checkpointer.latest_step is None:
       check_finite(step, state, history, interval_first_step)
-      checkpointer.save(step, state, config)
+      with stop.uninterrupted():
+        checkpointer.save(step, state, config)
       if step % config.sample_every:
         _save_samples(workdir, step, sample(state), reals)
       logging.info("Saved checkpoint %d in %s.", step, checkpointer.directory)
     if evaluate and not stop.requested:
-      evaluate.finish(step, state, should_stop)
+      evaluate.finish(step, state, stop)
   return state

@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 
 from configs import ps_pretrain
+from gantransfer_jax import assets
 from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
 from gantransfer_jax import train
 from gantransfer_jax import validation
 from gantransfer_jax import writers
+from gantransfer_jax.metrics import inception
 from gantransfer_jax.models import gan as gan_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,6 +311,50 @@ def test_a_second_sigterm_ends_the_process():
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_during_a_save_leaves_no_orbax_thread_waiting(tmp_path):
+  # A KeyboardInterrupt inside the blocking part of Orbax's save left writer threads
+  # waiting up to 300 s for signals that never came (and the interpreter waits for them
+  # at exit). The loop's saves hold the second signal back until the save returns.
+  script = textwrap.dedent("""
+      import os, signal, sys, threading, time
+      import jax.numpy as jnp, ml_collections
+      from gantransfer_jax import checkpoints, train
+      state = {f"w{i}": jnp.full((64, 64), float(i)) for i in range(100)}
+      config = ml_collections.ConfigDict({"a": 1})
+      for k in range(12):  # The second signal lands at different points of the save.
+        checkpointer = checkpoints.Checkpointer(os.path.join(sys.argv[1], str(k)))
+        with train._StopSignal() as stop:
+          os.kill(os.getpid(), signal.SIGINT)
+          time.sleep(0.05)
+          assert stop.requested
+          second = threading.Timer(0.002 * k, os.kill, (os.getpid(), signal.SIGINT))
+          try:
+            with stop.uninterrupted():
+              second.start()
+              checkpointer.save(1, state, config)
+            time.sleep(1)
+            outcome = "not interrupted"
+          except KeyboardInterrupt:
+            outcome = "interrupted after the save"
+          second.join()
+        checkpointer.close()
+        waiting = [t.name for t in threading.enumerate()
+                   if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+        print(k, outcome, "waiting:", waiting, flush=True)
+  """)
+  start = time.perf_counter()
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=240, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert len(lines) == 12 and all(line.endswith("waiting: []") for line in lines), lines
+  assert all("interrupted after the save" in line for line in lines), lines
+  assert time.perf_counter() - start < 200  # The exit did not wait out a 300 s timeout.
+  for k in range(12):  # Every save completed: restorable, sealed.
+    assert sha256sum_check(str(tmp_path / str(k) / "checkpoints" / "1")).returncode == 0
+
+
+@pytest.mark.slow
 def test_evaluation_is_abandoned_between_batches_when_a_stop_is_requested(tmp_path):
   config = tiny_config()
   gan = gan_lib.build_gan(config)
@@ -325,3 +371,30 @@ def test_evaluation_is_abandoned_between_batches_when_a_stop_is_requested(tmp_pa
   g_params, g_state = gan_lib.split_variables(gan.init(jax.random.key(0))[0])
   assert evaluator(g_params, g_state, should_stop=lambda: len(calls) >= 2) is None
   assert len(calls) == 2  # Of 8 batches.
+
+
+@pytest.mark.slow
+def test_a_stop_request_during_a_periodic_evaluation_abandons_it(tmp_path, monkeypatch):
+  # Features are faked (the point is when the loop stops, not FID); the weights file only
+  # has to exist for the config check. Everything cached goes under tmp_path.
+  monkeypatch.setenv(assets.CACHE_ENV_VAR, str(tmp_path / "cache"))
+  weights = assets.inception_weights_path()
+  weights.parent.mkdir(parents=True)
+  weights.write_bytes(b"")
+  batches = 8  # eval_num_images / 64, for the reference set and for the generated images.
+  calls = []
+
+  def features(images):
+    calls.append(len(images))
+    if len(calls) == batches + 2:  # The second generated batch: a preemption notice.
+      os.kill(os.getpid(), signal.SIGTERM)
+    return np.asarray(images, np.float64).reshape(len(images), -1)[:, :8]
+
+  monkeypatch.setattr(inception, "load", lambda **_: features)
+  workdir = str(tmp_path / "run")
+  state = train.train_and_evaluate(
+      tiny_config(total_steps=4, log_every=2, sample_every=100, checkpoint_every=100,
+                  eval_every=2, eval_num_images=64 * batches), workdir)
+  assert len(calls) == batches + 2  # Abandoned before the third of its eight batches.
+  assert int(state.step) == 2 and checkpoint_steps(workdir) == [2]
+  assert not [r for r in writers.read_metrics(workdir) if "eval/fid" in r]
