@@ -10,6 +10,9 @@ and/or a size, comma-separated (`resnet,quick`):
   cifar      the conditional CIFAR track: BigGAN-CIFAR-style SNGAN at 32 x 32, 10 classes
              assigned at random to the synthetic images, hinge loss, batch 50, 4 D steps,
              lr 2e-4, ch 64, z 128, EMA from step 1000 (NOTES §2, CIFAR variant).
+  auto       StyleGAN2 at the official StyleGAN2-ADA `auto` widths for 256 x 256
+             (channel_base 16384, half the paper's) with its lazy R1 every 16 steps;
+             otherwise the paper's recipe. The official code trains it in 5.0 GB.
   quick      a 32 x 32 model that trains end to end on 2 CPU cores in minutes and
              visibly learns the synthetic distribution; what the README's first command runs.
   tiny       a few steps of a 16 x 16 model, for tests and smoke runs.
@@ -21,7 +24,7 @@ import ml_collections
 
 
 MODEL_PRESETS = ("resnet", "sngan", "cifar")
-SIZE_PRESETS = ("quick", "tiny")
+SIZE_PRESETS = ("quick", "tiny", "auto")
 
 
 def resnet_model(config: ml_collections.ConfigDict) -> None:
@@ -86,6 +89,15 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       z_dim=512, w_dim=512, mapping_layers=2, channel_base=32768, channel_max=512,
       mbstd_group_size=4, conv_clamp=256.0, truncation_psi=1.0, embedding_dim=512))
 
+  # Memory and speed (README, "Memory and throughput"); neither changes a parameter.
+  # mixed_precision: compute dtype of the num_fp16_res highest resolutions of G and D,
+  #   as the official code's fp16 (4 of them): 'auto' = bfloat16 on TPU, float16 on GPU
+  #   (with conv_clamp), float32 on CPU; or 'bfloat16' / 'float16' / 'float32'.
+  #   Mapping, epilogue, images, losses and parameters stay float32.
+  # remat: 'synthesis' and/or 'discriminator' (comma-separated) recompute their blocks'
+  #   activations in the backward pass (jax.checkpoint) instead of storing them.
+  config.stylegan2.update(num_fp16_res=4, mixed_precision="auto", remat="")
+
   config.data = ml_collections.ConfigDict(dict(
       source="synth:primitives_ps",  # synth:NAME with NAME one of gantransfer_jax.synth.SYNTHESIZERS
       n_shapes=100,
@@ -133,7 +145,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.ema_start_step = 1_000
     config.total_steps = 300_000 // 50
 
-  if size == "quick":
+  if size == "auto":
+    if model != "stylegan2":
+      raise ValueError(f"preset 'auto' is a StyleGAN2 width; got model {model!r}")
+    config.stylegan2.channel_base = 16384
+    config.loss.r1_interval = 16
+  elif size == "quick":
     # Sized for a 2-core CPU (XLA's CPU convolutions are slow): narrow layers, and R1 /
     # path length on lazy intervals as in the StyleGAN2 default config, not every step.
     config.resolution = 32

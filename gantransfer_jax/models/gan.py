@@ -538,15 +538,19 @@ def build_gan(config: ml_collections.ConfigDict) -> Gan:
     embedding_dim = cfg.get("embedding_dim") or 512
     # Configs saved before conv_clamp was a field ran with the official 256.
     conv_clamp = cfg.get("conv_clamp", stylegan2.DEFAULT_CONV_CLAMP)
+    precision = dict(dtype=stylegan2.mixed_precision_dtype(cfg.get("mixed_precision")),
+                     num_fp16_res=cfg.get("num_fp16_res", 0))
+    remat = stylegan2.remat_networks(cfg.get("remat") or "")
     generator = stylegan2.Generator(
         resolution=config.resolution, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
         mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
         channel_max=cfg.channel_max, conv_clamp=conv_clamp, cond_dim=cond_dim,
-        embedding_dim=embedding_dim)
+        embedding_dim=embedding_dim, remat="synthesis" in remat, **precision)
     discriminator = stylegan2.Discriminator(
         resolution=config.resolution, channel_base=cfg.channel_base,
         channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group_size,
-        conv_clamp=conv_clamp, cond_dim=cond_dim)
+        conv_clamp=conv_clamp, cond_dim=cond_dim, remat="discriminator" in remat,
+        **precision)
     return StyleGAN2Gan(generator, discriminator, config, cond_dim=cond_dim)
   if model in ("resnet", "adafm"):
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top

@@ -55,11 +55,13 @@ def bias_act(x: Array, bias: Array | None = None, activation: str = "linear",
   if bias is not None:
     x = x + bias.astype(x.dtype)
   x = act.fn(x)
-  gain = act.default_gain if gain is None else gain
+  # Python floats are weakly typed and keep x's dtype; a numpy float64 gain (e.g.
+  # np.sqrt(0.5)) would promote reduced-precision activations to float32.
+  gain = float(act.default_gain if gain is None else gain)
   if gain != 1:
     x = x * gain
   if clamp is not None:
-    x = jnp.clip(x, -clamp, clamp)
+    x = jnp.clip(x, -float(clamp), float(clamp))
   return x
 
 

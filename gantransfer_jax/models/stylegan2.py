@@ -70,6 +70,53 @@ def count_params(tree: PyTree) -> int:
   return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
 
 
+def block_dtype(res: int, resolution: int, dtype: Dtype | None,
+                num_fp16_res: int | None) -> Dtype | None:
+  """Compute dtype of the block at `res`: `dtype` in the `num_fp16_res` highest
+  resolutions (None: all), else None (float32 from the params).
+
+  As the official networks' `use_fp16 = res >= fp16_resolution`, with
+  fp16_resolution = max(2 ** (log2(resolution) + 1 - num_fp16_res), 8): 4 at 256 x 256
+  covers the 32-256 blocks, and the 4 x 4 block (G) and epilogue (D) never qualify.
+  """
+  if dtype is None or num_fp16_res is None:
+    return dtype
+  low_resolution = max(2 ** (int(math.log2(resolution)) + 1 - num_fp16_res), 8)
+  return dtype if res >= low_resolution else None
+
+
+MIXED_PRECISION = ("auto", "bfloat16", "float16", "float32")
+REMAT_NETWORKS = ("synthesis", "discriminator")
+
+
+def mixed_precision_dtype(name: str | None, backend: str | None = None) -> Dtype | None:
+  """The reduced compute dtype a `stylegan2.mixed_precision` name asks for; None: float32.
+
+  'auto' picks what each backend runs fast and safely: bfloat16 on TPU (float32's
+  range, so no clamping is needed), float16 on GPU (the official choice, made safe by
+  conv_clamp and the modulated conv's pre-normalisation), float32 on CPU (whose
+  reduced-precision convolutions are emulated, and slower).
+  """
+  name = name or "float32"
+  if name not in MIXED_PRECISION:
+    raise ValueError(f"stylegan2.mixed_precision must be one of {MIXED_PRECISION}, "
+                     f"got {name!r}")
+  if name == "auto":
+    backend = backend or jax.default_backend()
+    name = {"tpu": "bfloat16", "gpu": "float16", "cuda": "float16"}.get(backend, "float32")
+  return None if name == "float32" else jnp.dtype(name)
+
+
+def remat_networks(spec: str) -> tuple[str, ...]:
+  """'synthesis,discriminator' -> the networks whose blocks `jax.checkpoint` wraps."""
+  names = tuple(name for name in spec.split(",") if name)
+  unknown = [name for name in names if name not in REMAT_NETWORKS]
+  if unknown:
+    raise ValueError(f"stylegan2.remat takes a comma-separated subset of {REMAT_NETWORKS}, "
+                     f"got {spec!r}")
+  return names
+
+
 def _check_noise_mode(noise_mode: str) -> None:
   if noise_mode not in NOISE_MODES:
     raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
@@ -267,6 +314,8 @@ class SynthesisNetwork(nn.Module):
   resample_taps: Sequence[float] = layers.DEFAULT_RESAMPLE_TAPS
   conv_clamp: float | None = None
   dtype: Dtype | None = None
+  num_fp16_res: int | None = None  # Blocks computing in `dtype` (see `block_dtype`).
+  remat: bool = False  # Recompute each block's activations in the backward pass.
 
   @property
   def block_resolutions(self) -> list[int]:
@@ -287,11 +336,14 @@ class SynthesisNetwork(nn.Module):
     noise_maps = iter(self._random_noise(ws.shape[0]) if draw_noise else [])
     x = img = None
     w_idx = 0
+    # noise_mode (argument 4, counting the module) is a Python string.
+    block_cls = nn.remat(SynthesisBlock, static_argnums=(4,)) if self.remat else SynthesisBlock
     for res in self.block_resolutions:
-      block = SynthesisBlock(
+      block = block_cls(
           num_channels(res, self.channel_base, self.channel_max), res,
           img_channels=self.img_channels, use_noise=self.use_noise,
-          resample_taps=self.resample_taps, conv_clamp=self.conv_clamp, dtype=self.dtype,
+          resample_taps=self.resample_taps, conv_clamp=self.conv_clamp,
+          dtype=block_dtype(res, self.resolution, self.dtype, self.num_fp16_res),
           name=f"b{res}")
       block_noise = [next(noise_maps, None) for _ in range(block.num_conv)]
       x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + 1], noise_mode, block_noise)
@@ -354,6 +406,10 @@ class Generator(nn.Module):
   # Compute dtype of the synthesis convs (e.g. bfloat16); None: float32 from the params.
   # Mapping, torgb outputs and images stay (at least) float32.
   dtype: Dtype | None = None
+  # How many of the highest-resolution blocks use `dtype` (official num_fp16_res;
+  # None: all of them).
+  num_fp16_res: int | None = None
+  remat: bool = False  # jax.checkpoint each synthesis block (less memory, more compute).
   cond_dim: int = 0          # Width of the condition (DIP prior, one-hot label); 0: none.
   embedding_dim: int = 512   # Width of G_emb's output (DIP variant only).
 
@@ -363,7 +419,8 @@ class Generator(nn.Module):
     self.synthesis = SynthesisNetwork(
         self.resolution, img_channels=self.img_channels, channel_base=self.channel_base,
         channel_max=self.channel_max, use_noise=self.use_noise,
-        resample_taps=self.resample_taps, conv_clamp=self.conv_clamp, dtype=self.dtype)
+        resample_taps=self.resample_taps, conv_clamp=self.conv_clamp, dtype=self.dtype,
+        num_fp16_res=self.num_fp16_res, remat=self.remat)
     if self.cond_dim:
       self.g_emb = PriorEmbedding(self.embedding_dim)
     # Declared only where it exists or can be created, so that synthesis-only callers
@@ -568,6 +625,10 @@ class Discriminator(nn.Module):
   # Compute dtype of the blocks (e.g. bfloat16); None: float32 from the params.
   # The epilogue stays (at least) float32.
   dtype: Dtype | None = None
+  # How many of the highest-resolution blocks use `dtype` (official num_fp16_res;
+  # None: all of them).
+  num_fp16_res: int | None = None
+  remat: bool = False  # jax.checkpoint each resnet block (less memory, more compute).
   cond_dim: int = 0  # Width of the condition (DIP prior, one-hot label); 0: none.
 
   @nn.compact
@@ -588,10 +649,11 @@ class Discriminator(nn.Module):
     elif cond is not None:
       raise ValueError("this discriminator is unconditional (cond_dim=0); pass no condition")
     x = images
+    block_cls = nn.remat(DiscriminatorBlock) if self.remat else DiscriminatorBlock
     for res in _discriminator_block_resolutions(self.resolution):
-      x = DiscriminatorBlock(channels(res), channels(res // 2),
-                             from_rgb=res == self.resolution,
-                             resample_taps=self.resample_taps, conv_clamp=self.conv_clamp,
-                             dtype=self.dtype, name=f"b{res}")(x)
+      x = block_cls(channels(res), channels(res // 2), from_rgb=res == self.resolution,
+                    resample_taps=self.resample_taps, conv_clamp=self.conv_clamp,
+                    dtype=block_dtype(res, self.resolution, self.dtype, self.num_fp16_res),
+                    name=f"b{res}")(x)
     return DiscriminatorEpilogue(channels(4), self.mbstd_group_size, self.mbstd_num_channels,
                                  conv_clamp=self.conv_clamp, name="b4")(x, cond_embedding)
