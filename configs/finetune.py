@@ -7,6 +7,12 @@ Presets: `--config=configs/finetune.py:METHOD[,stylegan2][,quick]`
     transfergan  start from `init_checkpoint`, finetune everything (TransferGAN).
     freezed      start from `init_checkpoint`, freeze the `freeze_d` highest-resolution
                  discriminator blocks (FreezeD).
+    ada          random initialisation + adaptive ADA ('bgc', ada.kimg 500): StyleGAN2-ADA.
+    transfergan_ada  TransferGAN + adaptive ADA with paper 004's transfer defaults
+                 (StyleGAN2-ADA's resume settings: ada.kimg 100; no G_ema rampup, which
+                 this toolkit never uses).
+    diffaug_bcr  random initialisation + DiffAugment + bCR consistency regularisation,
+                 weight 10 (paper 003's DiffAugment baseline).
   AdaFM's ablation (paper 002, its Table 1), from a `ps_pretrain.py:resnet` checkpoint
   (or one converted from the authors' ImageNet model). All freeze the GmDn general
   part: G's `adafm.general_g` groups nearest the image, D's `adafm.general_d`:
@@ -18,6 +24,7 @@ Presets: `--config=configs/finetune.py:METHOD[,stylegan2][,quick]`
   DIP (paper 003): an SNGAN conditioned on priors C(x) of a frozen network (`dip.prior`):
     dip          from scratch with data instance priors.
     dip_diffaug  DIP + DiffAugment.
+    dip_diffaug_bcr  DIP + DiffAugment + bCR, weight 1 (paper 003).
     dip_freezed  DIP + FreezeD from a `ps_pretrain.py:sngan` checkpoint (its condition
                  embeddings start fresh).
   ,stylegan2     DIP's StyleGAN2 variant of each (paper 003, appendix A/B): G_emb a
@@ -47,9 +54,10 @@ from ml_collections import config_dict
 
 from gantransfer_jax import config_files
 
-STYLEGAN2_METHODS = ("scratch", "transfergan", "freezed")
+STYLEGAN2_METHODS = ("scratch", "transfergan", "freezed", "ada", "transfergan_ada",
+                     "diffaug_bcr")
 ADAFM_METHODS = ("adafm", "fs", "smallhead", "gphead")
-DIP_METHODS = ("dip", "dip_diffaug", "dip_freezed")
+DIP_METHODS = ("dip", "dip_diffaug", "dip_freezed", "dip_diffaug_bcr")
 MODIFIERS = ("stylegan2", "quick")
 METHODS = STYLEGAN2_METHODS + ADAFM_METHODS + DIP_METHODS + ("cifar",)
 
@@ -122,7 +130,10 @@ def _dip(config: ml_collections.ConfigDict, method: str, stylegan2: bool,
       prior="mobilenet_v2",
   ))
   config.total_steps = 20_000 if stylegan2 else 30_000
-  config.augment = "color,translation,cutout" if method == "dip_diffaug" else ""
+  with_diffaug = method in ("dip_diffaug", "dip_diffaug_bcr")
+  config.augment = "color,translation,cutout" if with_diffaug else ""
+  if method == "dip_diffaug_bcr":
+    config.loss.bcr_weight = 1.0  # bCR's weight when combined with DIP (paper 003).
   if method == "dip_freezed":
     if stylegan2:
       _inherit_model_fields(config, "stylegan2")
@@ -166,9 +177,20 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   config.augment = "color,translation,cutout"
   config.freeze_d = 0
   config.init_checkpoint = config_dict.placeholder(str)
+  # ADA's controller (used when `augment` is an ADA form: ada, ada:PIPELINE,
+  # ada_fixed:P[:PIPELINE]; gantransfer_jax.augment.parse), official defaults.
+  config.ada = ml_collections.ConfigDict(dict(target=0.6, interval=4, kimg=500.0,
+                                              initial_p=0.0))
+  config.loss.bcr_weight = 0.0  # bCR on reals and fakes (Zhao et al. 2020); 0 = off.
 
-  if method in ("transfergan", "freezed"):
+  if method in ("transfergan", "freezed", "transfergan_ada"):
     _inherit_model_fields(config, "stylegan2")
+  if method in ("ada", "transfergan_ada"):
+    config.augment = "ada"
+  if method == "transfergan_ada":
+    config.ada.kimg = 100.0  # "Faster ADA adjustment" when transferring (paper 004).
+  if method == "diffaug_bcr":
+    config.loss.bcr_weight = 10.0
   if method == "freezed":
     # Freeze the high-resolution blocks, train the last few low-resolution blocks and
     # the epilogue (NOTES §6): 4 of the 7 blocks at 256, 2 of the 4 at 32.

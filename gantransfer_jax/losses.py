@@ -58,6 +58,17 @@ def gan_loss(kind: str) -> GanLoss:
   return LOSSES[kind]
 
 
+def consistency_penalty(logits: Array, transformed_logits: Array) -> Array:
+  """bCR (Zhao et al. 2020): mean over the batch of ||D(x) - D(T(x))||^2.
+
+  The loop adds `loss.bcr_weight` times this for reals and for fakes to D's loss
+  (weight 10 in paper 003's DiffAugment baseline, 1 with DIP). Gradients flow
+  through both terms, as in the paper.
+  """
+  diff = (logits - transformed_logits).reshape(logits.shape[0], -1)
+  return jnp.mean(jnp.sum(jnp.square(diff), axis=1))
+
+
 def r1_penalty(d_fn: Callable[[Array], Any], reals: Array, *, return_logits: bool = False,
                has_aux: bool = False):
   """R1: mean over the batch of ||d sum(D(reals)) / d reals_i||^2.

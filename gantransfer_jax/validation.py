@@ -48,14 +48,19 @@ def _check_data_source(config: ml_collections.ConfigDict) -> list[str]:
   return []
 
 
-def _check_augment(policy: str) -> list[str]:
+def _check_augment(config: ml_collections.ConfigDict) -> list[str]:
+  """DiffAugment policies or an ADA form, ADA's controller settings, bCR's weight."""
   from gantransfer_jax import augment  # pylint: disable=g-import-not-at-top
 
+  problems = []
   try:
-    augment.validate_policy(policy)
+    if augment.parse(config.augment).is_ada:
+      augment.ada_controller(config)
   except ValueError as e:
-    return [f"augment: {e}"]
-  return []
+    problems.append(f"augment: {e}")
+  if config.loss.get("bcr_weight", 0.0) < 0:
+    problems.append(f"loss.bcr_weight must be >= 0, got {config.loss.bcr_weight}")
+  return problems
 
 
 def _check_eval(config: ml_collections.ConfigDict) -> list[str]:
@@ -178,7 +183,7 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
     problems.append(f"loss.d_steps must be >= 1, got {config.loss.d_steps}")
   if config.loss.kind not in LOSSES:
     problems.append(f"loss.kind {config.loss.kind!r} is unknown; valid: {', '.join(LOSSES)}")
-  problems += _check_augment(config.augment)
+  problems += _check_augment(config)
   problems += _check_eval(config)
   if not problems:  # These checks assume a sane model and resolution.
     problems += _check_model(config)
@@ -255,24 +260,22 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-_ABSENT = object()
-
-
-def _describe(value) -> str:
-  return "(absent)" if value is _ABSENT else repr(value)
-
-
-def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """'field: saved X, now Y' for every field but run-length/logging ones that differs
-  between a workdir's saved config (JSON) and `config`."""
+def resume_differences(saved: dict, config: ml_collections.ConfigDict
+                       ) -> tuple[list[str], list[str]]:
+  """How `config` differs from a workdir's saved config (JSON), run-length and logging
+  fields aside: ('field: saved X, now Y' for fields both have, 'field (only in the saved
+  config | new)' for fields one lacks: the code gained or lost a field since)."""
   # Through JSON, as the saved side went: tuples become lists, numbers compare alike.
   old = _flatten(saved)
   new = _flatten(json.loads(config.to_json_best_effort()))
-  differences = []
+  changed, one_sided = [], []
   for field in sorted(old.keys() | new.keys()):
     if field in RESUMABLE_FIELDS or field.endswith("_every"):
       continue
-    before, after = old.get(field, _ABSENT), new.get(field, _ABSENT)
-    if before != after:
-      differences.append(f"{field}: saved {_describe(before)}, now {_describe(after)}")
-  return differences
+    if field not in new:
+      one_sided.append(f"{field} (only in the saved config)")
+    elif field not in old:
+      one_sided.append(f"{field} (new, now {new[field]!r})")
+    elif old[field] != new[field]:
+      changed.append(f"{field}: saved {old[field]!r}, now {new[field]!r}")
+  return changed, one_sided

@@ -344,3 +344,87 @@ def test_augment_forms_parse(text, expected):
 def test_bad_augment_forms_fail_with_their_message(text, message):
   with pytest.raises(ValueError, match=message):
     augment.parse(text)
+
+
+# ---------------------------------------------------------------- in the training loop
+
+def _tiny_ada_config(**overrides):
+  from configs import ps_pretrain  # pylint: disable=g-import-not-at-top
+
+  config = ps_pretrain.get_config("tiny")
+  config.loss.pl_weight = 0.0  # One step variant to compile (R1, through ADA, every step).
+  config.augment = "ada"
+  # A fast controller, so that p visibly moves within a few steps: 0.02 per interval.
+  config.ada = dict(target=0.6, interval=2, kimg=config.batch_size * 2 / 1000 / 0.02,
+                    initial_p=0.0)
+  config.update(overrides)
+  return config
+
+
+def _expected_p(signs, controller, p0=0.0):
+  """The controller replayed on the host from the logged per-step mean signs."""
+  ps, _ = _run_controller(signs, controller, p0)
+  return ps
+
+
+def test_quick_ada_preset_trains_logs_p_and_p_follows_the_logged_signs(tmp_path):
+  from gantransfer_jax import config_files  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import writers  # pylint: disable=g-import-not-at-top
+
+  config = config_files.get_config("finetune:ada,quick")
+  assert config.augment == "ada" and config.init == "scratch"
+  config.update_from_flattened_dict({
+      "data.source": "synth:primitives_ps", "total_steps": 8, "log_every": 1,
+      "sample_every": 8, "checkpoint_every": 8, "loss.pl_weight": 0.0,
+      "ada.kimg": config.batch_size * 4 / 1000 / 0.05})  # 0.05 per interval of 4.
+  state = train.train_and_evaluate(config, str(tmp_path / "ada"))
+  records = writers.read_metrics(str(tmp_path / "ada"))
+  records = [r for r in records if "augment/p" in r]
+  assert [r["step"] for r in records] == list(range(1, 9))
+  controller, _ = augment.ada_controller(config)
+  expected = _expected_p([r["scores/real_sign"] for r in records], controller)
+  np.testing.assert_allclose([r["augment/p"] for r in records], expected, atol=1e-6)
+  assert float(state.augment_state.p) == pytest.approx(expected[-1], abs=1e-6)
+  assert any(np.isfinite(r["loss/r1"]) for r in records if "loss/r1" in r)
+
+
+def test_resume_keeps_p(tmp_path):
+  from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = _tiny_ada_config(total_steps=6, log_every=3, sample_every=6,
+                            checkpoint_every=3)
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  assert float(straight.augment_state.p) > 0  # The test needs a p that moved.
+  first = _tiny_ada_config(total_steps=3, log_every=3, sample_every=3, checkpoint_every=3)
+  half = train.train_and_evaluate(first, str(tmp_path / "resumed"))
+  assert int(half.augment_state.d_steps) == 1  # Mid-interval: the statistics must persist.
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.augment_state),
+               jax.device_get(resumed.augment_state))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.d_params),
+               jax.device_get(resumed.d_params))
+
+
+def test_checkpoints_from_before_ada_still_resume(tmp_path):
+  from gantransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import parallel  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax.models import gan as gan_lib  # pylint: disable=g-import-not-at-top
+
+  config = _tiny_ada_config()
+  config.ada.initial_p = 0.25
+  gan = gan_lib.build_gan(config)
+  state = train.create_train_state(config, gan, *train.make_optimizers(config, gan),
+                                   parallel.create_mesh())
+  old = {name: getattr(state, name) for name in state.__dataclass_fields__
+         if name != "augment_state"}
+  old["step"] = old["step"] + 5
+  old["pl_mean"] = old["pl_mean"] + 1.5
+  checkpointer = checkpoints.Checkpointer(str(tmp_path))
+  checkpointer.save(5, old, config)
+  checkpointer.wait()
+  restored = train.restore_for_resume(checkpointer, state)
+  checkpointer.close()
+  assert int(restored.step) == 5 and float(restored.pl_mean) == 1.5
+  assert float(restored.augment_state.p) == 0.25  # The configured initial p.
