@@ -227,14 +227,21 @@ class Checkpointer:
     logging.warning("Checkpoint %s is damaged (%s): falling back to an older step.",
                     self.step_dir(step), why)
 
-  def latest_config(self) -> dict[str, Any] | None:
-    """The config saved with the newest intact step (as JSON), or None without one."""
+  def latest_intact_step(self) -> int | None:
+    """The newest step whose files match its manifest (or that has none), or None."""
     for step in sorted(self._manager.all_steps(), reverse=True):
       if self._problem(step) is None:
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        return dict(restored.config)
+        return step
     return None
+
+  def latest_config(self) -> dict[str, Any] | None:
+    """The config saved with the newest intact step (as JSON), or None without one."""
+    step = self.latest_intact_step()
+    if step is None:
+      return None
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return dict(restored.config)
 
   def restore_latest(self, target: Any) -> Any | None:
     """Restores the newest intact checkpoint into `target`'s structure and shardings.
@@ -343,14 +350,27 @@ def _intact_step(directory: str, step: int, explicit: bool) -> int:
   raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(problems))
 
 
+def _on_first_local_device(directory: str, step: int) -> Any:
+  """The saved arrays' shapes on this process's first device. Without a target Orbax
+  restores the saving run's shardings, which fails on another device topology (a run
+  of 4 devices or several hosts finetuned, evaluated or sampled on 1)."""
+  with ocp.CheckpointManager(
+      directory, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                "config": ocp.JsonCheckpointHandler()}) as manager:
+    metadata = manager.item_metadata(step)["state"]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                      metadata)
+
+
 def _restore(path: str, *, with_state: bool):
   directory, step = resolve_checkpoint(path)
   explicit = os.path.abspath(os.path.expanduser(path)) == os.path.join(directory, str(step))
   step = _intact_step(directory, step, explicit)
-  items = {"config": ocp.args.JsonRestore()}
-  if with_state:
-    items["state"] = ocp.args.StandardRestore()
   try:
+    items = {"config": ocp.args.JsonRestore()}
+    if with_state:
+      items["state"] = ocp.args.StandardRestore(_on_first_local_device(directory, step))
     with ocp.CheckpointManager(directory) as manager:
       restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # pylint: disable=broad-except

@@ -143,7 +143,7 @@ def restore_for_resume(checkpointer: checkpoints.Checkpointer,
   Those have no `augment_state`: the rest restores and p starts at its initial value
   (what such a run used: DiffAugment, or nothing).
   """
-  step = checkpointer.latest_step
+  step = checkpointer.latest_intact_step()  # A damaged newest step's metadata may not parse.
   if step is None or "augment_state" in _saved_state_fields(checkpointer.directory, step):
     return checkpointer.restore_latest(state)
   fields = {name: getattr(state, name) for name in state.__dataclass_fields__
@@ -283,9 +283,13 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     beta = jnp.where(state.step < ema_start_step, 0.0, ema_beta) if ema_start_step else ema_beta
     g_ema_params = losses.ema_update(state.g_ema_params, g_params, beta)
 
+    carry = (state.d_params, state.d_state, state.d_opt_state)
+    # D's passes on the reals (R1's double backward) need nothing from the G update:
+    # unordered, XLA interleaves them with the G passes and holds both sets of
+    # activations at once. The barrier releases D's inputs only once G is updated.
+    g_params, g_state, carry = jax.lax.optimization_barrier((g_params, g_state, carry))
     step_d = functools.partial(d_update, g_params, g_state, data, do_r1,
                                state.augment_state.p)
-    carry = (state.d_params, state.d_state, state.d_opt_state)
     if d_steps == 1:
       carry, d_metrics = step_d(carry, k_d)
     else:
@@ -624,7 +628,12 @@ def _check_same_experiment(config: ml_collections.ConfigDict, workdir: str,
   if saved is None and os.path.exists(config_path):  # A run stopped before its first save.
     with open(config_path, encoding="utf-8") as f:
       saved, source = json.load(f), config_path
-  differences = validation.resume_differences(saved, config) if saved is not None else []
+  if saved is None:
+    return
+  differences, one_sided = validation.resume_differences(saved, config)
+  if one_sided:  # The code changed, not the experiment: defaults keep the old behaviour.
+    logging.warning("Config fields added or removed since %s was written: %s", source,
+                    "; ".join(one_sided))
   if not differences:
     return
   if config.get("resume_with_changed_config"):

@@ -134,18 +134,20 @@ def test_resume_differences_ignore_run_length_and_logging_fields():
   saved = json.loads(tiny_config().to_json_best_effort())
   longer = tiny_config(total_steps=100, log_every=7, sample_every=9, checkpoint_every=11,
                        keep_checkpoints=1, eval_every=5, eval_num_images=50)
-  assert validation.resume_differences(saved, longer) == []
+  assert validation.resume_differences(saved, longer) == ([], [])
   other = tiny_config()
   other.optim.g_lr = 0.01
   other.data.n_shapes = 3
   other.augment = ""
-  assert validation.resume_differences(saved, other) == [
+  assert validation.resume_differences(saved, other) == ([
       "augment: saved 'color,translation,cutout', now ''",
       "data.n_shapes: saved 10, now 3",
-      "optim.g_lr: saved 0.002, now 0.01"]
+      "optim.g_lr: saved 0.002, now 0.01"], [])
+  # Fields the code gained or lost since the workdir was written are not the user's.
   del saved["ema_kimg"]
-  assert validation.resume_differences(saved, tiny_config()) == [
-      "ema_kimg: saved (absent), now 0.1"]
+  saved["retired_field"] = 1
+  assert validation.resume_differences(saved, tiny_config()) == (
+      [], ["ema_kimg (new, now 0.1)", "retired_field (only in the saved config)"])
 
 
 @pytest.mark.slow
@@ -245,6 +247,20 @@ def test_a_damaged_newest_step_is_reported_and_the_newest_intact_one_restored(
   checkpointer.save(3, small_state(4.0), tiny_config())
   checkpointer.close()
   assert sha256sum_check(step_dir).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_run_resumes_bit_exactly_from_the_newest_intact_step(tmp_path):
+  config = tiny_config(total_steps=2, log_every=2, sample_every=100, checkpoint_every=1)
+  workdir = str(tmp_path / "run")
+  straight = jax.device_get(train.train_and_evaluate(config, workdir))
+  flip_a_byte(largest_file(os.path.join(workdir, "checkpoints", "2")))
+
+  resumed = jax.device_get(train.train_and_evaluate(config, workdir))  # From step 1.
+  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+  assert os.listdir(os.path.join(workdir, checkpoints.DAMAGED_DIR)) == ["2"]
+  assert checkpoint_steps(workdir) == [1, 2]
+  assert sha256sum_check(os.path.join(workdir, "checkpoints", "2")).returncode == 0
 
 
 def test_restore_for_analysis_falls_back_too_but_not_from_an_explicit_step(tmp_path):
