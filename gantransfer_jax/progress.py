@@ -16,6 +16,7 @@ update, which on a jitted function is mostly its compilation.
 
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 import os
 import time
@@ -101,6 +102,16 @@ class Counter:
   def __exit__(self, exc_type, *exc) -> None:
     if exc_type is None:
       self.finish()
+
+
+@contextlib.contextmanager
+def phase(what: str, *, log: Log = _info, clock: Callable[[], float] = time.monotonic):
+  """Logs `what...` before one long step without a count (reading a file, writing a
+  checkpoint) and `what: done in T` after it."""
+  log(f"{what}...")
+  start = clock()
+  yield
+  log(f"{what}: done in {format_duration(clock() - start)}")
 
 
 class FirstCalls:

@@ -64,3 +64,10 @@ def test_first_calls_are_announced_timed_once_per_variant_and_taken_apart():
                    "compiling the train step (do_r1=False)...",
                    "compiled the train step and ran it once in 1.0s"]
   assert compiles.take_seconds() == 41.0 and compiles.take_seconds() == 0.0
+
+
+def test_phase_logs_before_and_after_with_the_time():
+  clock, lines = FakeClock(), []
+  with progress.phase("reading network.pkl", log=lines.append, clock=clock):
+    clock.now += 75.0
+  assert lines == ["reading network.pkl...", "reading network.pkl: done in 1m15s"]

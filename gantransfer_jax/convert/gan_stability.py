@@ -81,6 +81,7 @@ import numpy as np
 from flax import traverse_util
 
 from gantransfer_jax import checkpoints
+from gantransfer_jax import progress
 from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import resnet_gan
 
@@ -381,9 +382,11 @@ def convert_file(source: str | os.PathLike, out: str | os.PathLike, *,
                  generator_key: str = GENERATOR, generator_class: int | None = None,
                  discriminator_class: int | None = None, seed: int = 0) -> Architecture:
   """Reads the authors' checkpoint `source`, converts it, writes flax variables to `out`."""
-  params, architecture = convert(read_networks(source, generator_key),
-                                 generator_class=generator_class,
-                                 discriminator_class=discriminator_class, seed=seed)
+  with progress.phase(f"reading {source}"):
+    networks = read_networks(source, generator_key)
+  with progress.phase("converting generator and discriminator"):
+    params, architecture = convert(networks, generator_class=generator_class,
+                                   discriminator_class=discriminator_class, seed=seed)
   save_npz(out, params, architecture)
   return architecture
 

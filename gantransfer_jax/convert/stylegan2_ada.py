@@ -102,6 +102,7 @@ import numpy as np
 from flax import traverse_util
 
 from gantransfer_jax import checkpoints
+from gantransfer_jax import progress
 from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import gan as gan_lib
 
@@ -510,10 +511,13 @@ def convert_file(source: str | os.PathLike, workdir: str,
   """
   source = os.path.abspath(os.fspath(source))
   try:
-    networks, recorded = read_file(source)
-    config, state = convert(networks, base_config, source=source, recorded=recorded,
-                            runtime_fields=runtime_fields, **overrides)
+    with progress.phase(f"reading {source}"):
+      networks, recorded = read_file(source)
+    with progress.phase("converting G, G_ema and D"):
+      config, state = convert(networks, base_config, source=source, recorded=recorded,
+                              runtime_fields=runtime_fields, **overrides)
   except LayoutError as error:
     raise LayoutError(f"{source}: {error}") from None
-  save(workdir, state, config)
+  with progress.phase(f"writing the checkpoint to {workdir}"):
+    save(workdir, state, config)
   return config
