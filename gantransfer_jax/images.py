@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+import jax
 import numpy as np
 
 
@@ -32,13 +33,44 @@ def make_grid(images, num_cols: int | None = None, pad: int = 2) -> np.ndarray:
   return grid
 
 
-def save_grid(path: str, images, num_cols: int | None = None) -> str:
-  """Writes a PNG grid of images; creates parent folders. Returns the path."""
+def make_panels(panels, num_cols: int | None = None, gap: int = 8) -> np.ndarray:
+  """Grids of several image sets side by side (e.g. training images | samples).
+
+  Every panel is tiled by `make_grid` with the same `num_cols`; panels are separated
+  by `gap` white columns and top-aligned, so sets of different sizes still line up.
+  Panels of greyscale and colour images are combined as colour.
+  """
+  grids = [make_grid(images, num_cols) for images in panels]
+  if not grids:
+    raise ValueError("make_panels needs at least one panel")
+  channels = max(g.shape[-1] for g in grids)
+  height = max(g.shape[0] for g in grids)
+  width = sum(g.shape[1] for g in grids) + gap * (len(grids) - 1)
+  out = np.full((height, width, channels), 255, np.uint8)
+  x = 0
+  for grid in grids:
+    out[:grid.shape[0], x:x + grid.shape[1]] = grid  # Broadcasts 1 channel to 3.
+    x += grid.shape[1] + gap
+  return out
+
+
+def _write_png(path: str, grid: np.ndarray) -> str:
   from PIL import Image  # Imported lazily: only file-writing code needs Pillow.
 
-  grid = make_grid(images, num_cols)
+  if jax.process_index() > 0:  # Every process of a multi-host run draws the same images.
+    return path
   if grid.shape[-1] == 1:
     grid = grid[..., 0]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(grid).save(path)
   return path
+
+
+def save_grid(path: str, images, num_cols: int | None = None) -> str:
+  """Writes a PNG grid of images; creates parent folders. Returns the path."""
+  return _write_png(path, make_grid(images, num_cols))
+
+
+def save_panels(path: str, panels, num_cols: int | None = None) -> str:
+  """Writes `make_panels(panels, num_cols)` as a PNG; creates parent folders."""
+  return _write_png(path, make_panels(panels, num_cols))

@@ -91,7 +91,8 @@ def test_main_job_writes_checkpoints_metrics_and_samples_and_resumes_exactly(tmp
 
   workdir = tmp_path / "straight"
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
-  assert sorted(os.listdir(workdir / "samples")) == ["step_0000002.png", "step_0000004.png"]
+  assert sorted(os.listdir(workdir / "samples")) == [
+      "real_vs_generated.png", "step_0000000.png", "step_0000002.png", "step_0000004.png"]
   records = writers.read_metrics(str(workdir))
   assert [r["step"] for r in records] == [2, 4]
   for record in records:
