@@ -261,10 +261,11 @@ def resolve_runtime_fields(base_config: ml_collections.ConfigDict,
   resolved = {}
   for field in RUNTIME_FIELDS:
     if field in requested and field in recorded and requested[field] != recorded[field]:
-      raise LayoutError(
-          f"the network pickle records {field} {recorded[field]!r}, the requested "
-          f"{requested[field]!r} contradicts it (drop the option; a finetune may set "
-          "its own --config.stylegan2.mbstd_group_size)")
+      hint = ("; a finetune may set its own --config.stylegan2.mbstd_group_size"
+              if field == "mbstd_group_size" else "")
+      raise LayoutError(f"the network pickle records {field} {recorded[field]!r}, the "
+                        f"requested {requested[field]!r} contradicts it (drop the "
+                        f"option{hint})")
     default = base_config.stylegan2.get(field, _DEFAULTS[field])
     resolved[field] = requested.get(field, recorded.get(field, default))
   if "mbstd_group_size" not in requested and "mbstd_group_size" not in recorded:
@@ -273,7 +274,6 @@ def resolve_runtime_fields(base_config: ml_collections.ConfigDict,
         f"{resolved['mbstd_group_size']}; official paper256 / paper512 models use 8 "
         "(--mbstd_group_size=8), stylegan2 / paper1024 ones 4", stacklevel=2)
   return resolved
-
 
 
 # ---- Architecture -----------------------------------------------------------------------
