@@ -229,6 +229,7 @@ class Checkpointer:
 
   def latest_intact_step(self) -> int | None:
     """The newest step whose files match its manifest (or that has none), or None."""
+    self.wait()  # A save in flight is not judged half-written.
     for step in sorted(self._manager.all_steps(), reverse=True):
       if self._problem(step) is None:
         return step
@@ -250,6 +251,7 @@ class Checkpointer:
     manifest, unreadable) are reported, moved to WORKDIR/damaged_checkpoints/ once an
     older step restores, and skipped; CheckpointError when no step restores.
     """
+    self.wait()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     steps = sorted(self._manager.all_steps(), reverse=True)
     damaged = []

@@ -484,8 +484,8 @@ class _FiniteCheck:
             if latest is not None else "no checkpoint was written yet")
     raise DivergenceError(
         f"training diverged at step {step}: {what}; nothing non-finite was saved and "
-        f"{kept} (lower optim.g_lr / optim.d_lr and resume from it with "
-        f"--config.resume_with_changed_config=True)")
+        f"{kept}. Lower optim.g_lr / optim.d_lr and run again with "
+        "--config.resume_with_changed_config=True, or use a new --workdir")
 
 
 def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
