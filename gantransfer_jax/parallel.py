@@ -8,12 +8,14 @@ devices, a GPU, a TPU slice and several hosts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -39,14 +41,77 @@ def shard_batch(x: jax.Array, mesh: Mesh) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, batch_sharded(mesh))
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-  """Multi-host runs call jax.distributed.initialize() once, before any JAX work.
+# What a launcher sets on each process outside TPU pods and SLURM / Open MPI clusters
+# (where JAX finds these itself). JAX reads only the address from the environment, so
+# the project reads all three and passes them explicitly.
+COORDINATOR_ADDRESS_ENV = "JAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAX_PROCESS_ID"
+DISTRIBUTED_ENV = (COORDINATOR_ADDRESS_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV)
 
-  On Cloud TPU pods and SLURM/Open MPI clusters JAX discovers the coordinator
-  itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.
+
+def _env_int(environ: Mapping[str, str], name: str) -> int:
+  value = environ[name]
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
+def distributed_options(environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+  """`jax.distributed.initialize` arguments from JAX_COORDINATOR_ADDRESS (host:port of
+  process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID; None when none of them is set."""
+  environ = os.environ if environ is None else environ
+  given = [name for name in DISTRIBUTED_ENV if environ.get(name)]
+  if not given:
+    return None
+  missing = [name for name in DISTRIBUTED_ENV if name not in given]
+  if missing:
+    raise ValueError(f"a multi-process launch sets all of {', '.join(DISTRIBUTED_ENV)}; "
+                     f"{' and '.join(missing)} unset")
+  address = environ[COORDINATOR_ADDRESS_ENV]
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"{COORDINATOR_ADDRESS_ENV}={address!r} is not host:port")
+  num_processes = _env_int(environ, NUM_PROCESSES_ENV)
+  process_id = _env_int(environ, PROCESS_ID_ENV)
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"{PROCESS_ID_ENV}={process_id} is not in [0, {NUM_PROCESSES_ENV}="
+                     f"{num_processes})")
+  return dict(coordinator_address=address, num_processes=num_processes,
+              process_id=process_id)
+
+
+def maybe_initialize_distributed(enabled: bool, environ: Mapping[str, str] | None = None,
+                                 **initialize_kwargs) -> bool:
+  """Joins a multi-process run (jax.distributed.initialize) before any JAX work.
+
+  The three DISTRIBUTED_ENV variables alone start one (every task, any platform; CPU
+  processes talk through gloo, JAX's default CPU collectives). Without them, `enabled`
+  (`config.distributed`) lets JAX detect a Cloud TPU pod or a SLURM / Open MPI job.
+  Returns whether this process is part of a multi-process run.
   """
-  if enabled:  # Must run before anything touches a JAX backend.
-    jax.distributed.initialize()
+  options = distributed_options(environ)
+  if options is None and not enabled:
+    return False
+  if jax.distributed.is_initialized():  # A notebook or test that already joined.
+    return True
+  try:
+    jax.distributed.initialize(**(options or {}), **initialize_kwargs)
+  except ValueError as e:
+    if options is not None:
+      raise
+    raise ValueError(
+        f"config.distributed=True, but JAX found no TPU pod or SLURM / Open MPI job ({e}); "
+        f"elsewhere set {', '.join(DISTRIBUTED_ENV)} on every process") from e
+  return True
+
+
+def host_array(x: Any) -> np.ndarray:
+  """`x` whole, as numpy, on every process, also when its shards live on several."""
+  if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -95,4 +160,5 @@ class ShardedExtractor:
                                        sharding))
         for start in range(0, num_images, chunk_size)
     ]
-    return np.concatenate([np.asarray(out, np.float32) for out in outputs])[:num_images]
+    return np.concatenate([host_array(out).astype(np.float32) for out in outputs]
+                          )[:num_images]

@@ -78,6 +78,7 @@ import warnings
 import zipfile
 from typing import Any, NamedTuple
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -711,6 +712,8 @@ def _write_cache(path: str, images: np.ndarray, **labels: Any) -> None:
   `labels`: labels, class_names and label_key of a labelled set, stored beside the images.
   A cache that cannot be written only costs a decode next time, so it warns, not fails.
   """
+  if jax.process_index() > 0:  # Every process of a multi-host run decodes the same set.
+    return
   arrays = {"images": images}
   if labels:
     arrays.update(labels=np.asarray(labels["labels"], np.int32),

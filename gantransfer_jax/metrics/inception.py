@@ -567,9 +567,10 @@ def reference_stats(
   features = np.concatenate(features, axis=0)
   mu, sigma = distances.feature_statistics(features)
 
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  temporary = f"{path}.tmp{os.getpid()}"
-  with open(temporary, "wb") as f:
-    np.savez(f, mu=mu, sigma=sigma, features=features)
-  os.replace(temporary, path)
+  if jax.process_index() == 0:  # Every process has all the features; one writes.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "wb") as f:
+      np.savez(f, mu=mu, sigma=sigma, features=features)
+    os.replace(temporary, path)
   return ReferenceStats(mu, sigma, features)

@@ -48,8 +48,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       run_config, gan, mesh, num_images=config.num_samples,
       num_reference=config.num_reference or None, k=config.k, cache_dir=cache_dir,
       sample_cond=evaluation.condition_sampler(train_config, gan, cache_dir))
+  # Via the host: a mesh over several processes takes no array committed to one device.
   params_on_mesh = jax.device_put(
-      (params["generator_ema"], params["generator_state"]), parallel.replicated(mesh))
+      jax.device_get((params["generator_ema"], params["generator_state"])),
+      parallel.replicated(mesh))
   scores = evaluator(*params_on_mesh)
   report = {
       "checkpoint": os.path.abspath(config.checkpoint),
@@ -64,8 +66,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "num_reference": int(len(evaluator.reference.features)),
   }
   path = os.path.join(workdir, "report.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-  logging.info("Wrote %s", path)
-  print(json.dumps(report, indent=2))
+  if jax.process_index() == 0:  # Every process of a multi-host run has the same scores.
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+    logging.info("Wrote %s", path)
+    print(json.dumps(report, indent=2))
   return report

@@ -164,8 +164,10 @@ def _generated_features(config: ml_collections.ConfigDict, candidate: Candidate,
       cache_dir=cache_dir, stats_cache_dir=stats_cache_dir,
       sample_cond=evaluation.condition_sampler(candidate.config, gan, cache_dir))
   _, params = checkpoints.restore_params(candidate.path)
-  variables = jax.device_put((params["generator_ema"], params["generator_state"]),
-                             parallel.replicated(mesh))
+  # Via the host: a mesh over several processes takes no array committed to one device.
+  variables = jax.device_put(
+      jax.device_get((params["generator_ema"], params["generator_state"])),
+      parallel.replicated(mesh))
   return evaluator.generated_features(*variables)
 
 
