@@ -148,9 +148,9 @@ def _dip(config: ml_collections.ConfigDict, method: str, stylegan2: bool,
 def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   method, stylegan2, quick = _parse(preset)
   # Config files load by path, not as a package: so does the sibling.
-  config = config_files.load_module(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "ps_pretrain.py")
-  ).get_config(pretrain_preset(preset))
+  pretrain = config_files.load_module(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "ps_pretrain.py"))
+  config = pretrain.get_config(pretrain_preset(preset))
   config.task = "finetune"
   config.method = method
   # Where the weights start: "scratch" (random) or "checkpoint" (`init_checkpoint`, of
@@ -210,5 +210,9 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
     config.log_every = 50
     config.sample_every = 250
     config.checkpoint_every = 500
-    config.loss.r1_interval = 4
+    if pretrain_preset(preset) == "quick":
+      # StyleGAN2's 32 x 32 losses (ps_pretrain.py), for this preset's batch size.
+      pretrain.stylegan2_small_scale_losses(config, resolution=32)
+    else:
+      config.loss.r1_interval = 4
   return config
