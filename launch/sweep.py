@@ -103,7 +103,9 @@ class Run:
 
   @property
   def name(self) -> str:
-    return f"{self.method}_{dataset_slug(self.dataset)}_n{self.shots}_s{self.seed}"
+    # A preset with modifiers ('dip_freezed,stylegan2') names its folder with '-'.
+    method = re.sub(r"[^A-Za-z0-9_.]+", "-", self.method)
+    return f"{method}_{dataset_slug(self.dataset)}_n{self.shots}_s{self.seed}"
 
   def workdir(self, root: str) -> str:
     return os.path.join(root, self.name)
