@@ -13,8 +13,9 @@ and/or a size, comma-separated (`resnet,quick`):
   auto       StyleGAN2 at the official StyleGAN2-ADA `auto` widths for 256 x 256
              (channel_base 16384, half the paper's) with its lazy R1 every 16 steps;
              otherwise the paper's recipe. The official code trains it in 5.0 GB.
-  quick      a 32 x 32 model that trains end to end on 2 CPU cores in minutes and
-             visibly learns the synthetic distribution; what the README's first command runs.
+  quick      a 32 x 32 model that trains end to end on 2 CPU cores in minutes, with
+             StyleGAN2's official 32 px losses; what the README's first command runs.
+             Its 8 kimg show the synthetic clutter's texture, not yet the salient shape.
   tiny       a few steps of a 16 x 16 model, for tests and smoke runs.
 
 Every field can be overridden on the command line, e.g. `--config.total_steps=200`.
