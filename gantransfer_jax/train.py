@@ -272,7 +272,7 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     if do_pl:
       # Differentiated apart and ordered after the main pass (the barrier holds its
       # inputs until the main gradients exist), so that the activations of the two
-      # passes are never held at once (paper preset: 28.5 -> see README).
+      # passes need not be held at once (README, "Memory and throughput").
       g_grads, g_trainable_pl = jax.lax.optimization_barrier((g_grads, g_trainable))
       pl_grads, (pl_mean, pl_metrics) = jax.grad(pl_loss_fn, has_aux=True)(
           g_trainable_pl, g_frozen, state, data, k_g)

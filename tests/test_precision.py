@@ -112,6 +112,7 @@ def test_bfloat16_step_matches_the_float32_step_within_tolerance():
   reference, reference_hlo = _step_gradients(config)
   config.stylegan2.mixed_precision = "bfloat16"
   result, result_hlo = _step_gradients(config)
+  # The config reaches the networks: reduced-precision ops exist only when asked for.
   assert "bf16" in result_hlo and "bf16" not in reference_hlo
   (ref_metrics, ref_g, ref_d), (metrics, g_grads, d_grads) = reference, result
   assert set(metrics) == set(ref_metrics) >= {"loss/g", "loss/d", "loss/r1", "loss/pl"}
