@@ -274,7 +274,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], list
   parser.add_argument("--seeds", type=lambda t: [int(s) for s in _list(t)], default=[0, 1, 2])
   parser.add_argument("--finetune_kimg", type=float, default=16.0)
   parser.add_argument("--evals", type=int, default=4, help="Evaluations per finetune.")
-  parser.add_argument("--eval_num_images", type=int, default=200,
+  parser.add_argument("--eval_num_images", type=int, default=100,
                       help="Generated images per evaluation (the reference: all targets).")
   parser.add_argument("--config_file", default=sweep.CONFIG_FILE)
   parser.add_argument("--python", default=sys.executable)
