@@ -160,7 +160,10 @@ def compare_figure(runs: Sequence[RunHistory]):
   notebooks can find them among the figure's artists.
   """
   plt = _pyplot()
-  fig, (ax_fid, ax_recall) = plt.subplots(1, 2, figsize=(12, 4.5))
+  # A third panel for ADA's augmentation probability when any run logged it.
+  with_p = any(len(run.curve("augment/p")[0]) for run in runs)
+  fig, axes = plt.subplots(1, 3 if with_p else 2, figsize=(18 if with_p else 12, 4.5))
+  ax_fid, ax_recall = axes[:2]
   for run, label in zip(runs, unique_labels(runs)):
     kimg, fid = run.curve("eval/fid")
     (line,) = ax_fid.plot(kimg, fid, marker=".", label=label)
@@ -173,10 +176,16 @@ def compare_figure(runs: Sequence[RunHistory]):
                   color=color, linestyle="none", gid=f"convergence:{label}")
     kimg, recall = run.curve("eval/recall")
     ax_recall.plot(kimg, recall, marker=".", color=color, label=label)
+    if with_p:
+      kimg, p = run.curve("augment/p")
+      axes[2].plot(kimg, p, color=color, label=label)
   ax_fid.set(title="FID (star, dotted line: within 5% of the run's best)",
              xlabel="kimg (thousands of images shown)", ylabel="FID")
   ax_recall.set(title="Recall", xlabel="kimg (thousands of images shown)", ylabel="recall")
-  for ax in (ax_fid, ax_recall):
+  if with_p:
+    axes[2].set(title="ADA augmentation probability p",
+                xlabel="kimg (thousands of images shown)", ylabel="p")
+  for ax in axes:
     ax.grid(alpha=0.3)
   ax_fid.legend(fontsize="small")
   fig.tight_layout()

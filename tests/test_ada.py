@@ -428,3 +428,32 @@ def test_checkpoints_from_before_ada_still_resume(tmp_path):
   checkpointer.close()
   assert int(restored.step) == 5 and float(restored.pl_mean) == 1.5
   assert float(restored.augment_state.p) == 0.25  # The configured initial p.
+
+
+def test_plot_compare_draws_p_for_ada_runs(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import plot  # pylint: disable=g-import-not-at-top
+
+  def write(name, with_p):
+    workdir = tmp_path / name
+    os.makedirs(workdir)
+    (workdir / "config.json").write_text(json.dumps({"task": "finetune", "method": name}))
+    with open(workdir / "metrics.jsonl", "w") as f:
+      for step in (100, 200, 300):
+        record = {"step": step, "perf/kimg": step / 100, "loss/d": 0.5}
+        if with_p:
+          record["augment/p"] = step / 1000
+        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps({"step": step, "perf/kimg": step / 100,
+                            "eval/fid": 50.0 - step / 10, "eval/recall": 0.1}) + "\n")
+    return plot.load_run(str(workdir))
+
+  plain = plot.compare_figure([write("scratch", False)])
+  assert len(plain.axes) == 2  # No ADA run: the figure is unchanged.
+  fig = plot.compare_figure([write("scratch2", False), write("ada", True)])
+  p_axis = fig.axes[2]
+  assert "p" in p_axis.get_title()
+  np.testing.assert_allclose(p_axis.get_lines()[-1].get_ydata(), [0.1, 0.2, 0.3])
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt.close("all")

@@ -125,3 +125,42 @@ def test_policy_validation_and_empty_policy():
   np.testing.assert_array_equal(augment.diff_augment(jax.random.key(0), x, ""), x)
   with pytest.raises(ValueError, match="color, translation, cutout"):
     augment.validate_policy("color,zoom")
+
+
+# ---------------------------------------------------------------- bCR (losses + the step)
+
+def test_consistency_penalty_is_the_mean_squared_logit_difference():
+  from gantransfer_jax import losses  # pylint: disable=g-import-not-at-top
+
+  logits = np.array([0.5, -1.0, 2.0], np.float32)
+  transformed = np.array([0.0, 1.0, 2.0], np.float32)
+  # ||D(x) - D(T(x))||^2 per sample, averaged: (0.25 + 4 + 0) / 3.
+  np.testing.assert_allclose(losses.consistency_penalty(logits, transformed), 4.25 / 3,
+                             rtol=1e-6)
+  # Gradients reach both passes (no stop-gradient, as in Zhao et al.).
+  g_a, g_b = jax.grad(losses.consistency_penalty, argnums=(0, 1))(logits, transformed)
+  np.testing.assert_allclose(g_a, 2 * (logits - transformed) / 3, rtol=1e-6)
+  np.testing.assert_allclose(g_b, -g_a, rtol=1e-6)
+
+
+def test_bcr_adds_its_terms_to_d_only():
+  from configs import ps_pretrain  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import parallel  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax import train  # pylint: disable=g-import-not-at-top
+
+  results = {}
+  for weight in (0.0, 10.0):
+    config = ps_pretrain.get_config("tiny")
+    config.loss.update(pl_weight=0.0, bcr_weight=weight)
+    setup = train.build(config, parallel.create_mesh())
+    state, metrics = setup.train_step(setup.state, setup.data, do_r1=False, do_pl=False)
+    results[weight] = jax.device_get((state, metrics))
+  (plain, m_plain), (bcr, m_bcr) = results[0.0], results[10.0]
+  assert "loss/bcr_real" not in m_plain
+  assert m_bcr["loss/bcr_real"] > 0 and m_bcr["loss/bcr_fake"] > 0
+  # The same draws: G's step and D's own loss are unchanged; only D's update differs.
+  np.testing.assert_allclose(m_bcr["loss/d"], m_plain["loss/d"], rtol=1e-6)
+  np.testing.assert_allclose(m_bcr["loss/g"], m_plain["loss/g"], rtol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, plain.g_params, bcr.g_params)
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), plain.d_params, bcr.d_params)
+  assert max(jax.tree.leaves(moved)) > 0
