@@ -107,6 +107,24 @@ def maybe_initialize_distributed(enabled: bool, environ: Mapping[str, str] | Non
   return True
 
 
+# Generous: under load one process can compile for many minutes longer than another.
+BARRIER_TIMEOUT_S = 3600
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+  """Waits until every process reaches `name` (no-op on one process).
+
+  A barrier of the coordination service, not a collective: XLA's CPU collectives (gloo)
+  give a peer only 30 s to join a new communicator, so a process that reaches the first
+  collective while another is still compiling fails ("Gloo context initialization
+  failed: DEADLINE_EXCEEDED"). Callers compile, meet here, then run.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top  (no public barrier)
+  distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
 def host_array(x: Any) -> np.ndarray:
   """`x` whole, as numpy, on every process, also when its shards live on several."""
   if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):

@@ -127,21 +127,26 @@ class FirstCalls:
                clock: Callable[[], float] = time.perf_counter):
     self.what = what
     self._log, self._clock = log, clock
-    self._seen: set[Hashable] = set()
+    self._compiled: dict[Hashable, Callable[..., Any]] = {}
     self._seconds = 0.0
 
   def call(self, fn: Callable[..., Any], *args: Any, **static: Hashable) -> Any:
-    """`fn(*args, **static)`; the variant is the static keyword arguments."""
+    """`fn(*args, **static)` for a jitted `fn`; the variant is the static keyword
+    arguments. Each variant is compiled ahead of its first run and every process waits
+    for the others before running it (see `parallel.barrier`)."""
     variant = tuple(sorted(static.items()))
-    if variant in self._seen:
-      return fn(*args, **static)
-    self._seen.add(variant)
+    if variant in self._compiled:
+      return self._compiled[variant](*args)
     options = ", ".join(f"{k}={v}" for k, v in variant)
     self._log(f"compiling {self.what}{f' ({options})' if options else ''}...")
     import jax  # pylint: disable=g-import-not-at-top  (the CLI imports this module early)
+    from gantransfer_jax import parallel  # pylint: disable=g-import-not-at-top
 
     start = self._clock()
-    out = jax.block_until_ready(fn(*args, **static))
+    compiled = fn.lower(*args, **static).compile()
+    parallel.barrier(f"compiled {self.what} {options}")
+    self._compiled[variant] = compiled
+    out = jax.block_until_ready(compiled(*args))
     seconds = self._clock() - start
     self._seconds += seconds
     self._log(f"compiled {self.what} and ran it once in {format_duration(seconds)}")

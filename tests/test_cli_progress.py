@@ -3,6 +3,10 @@ one line per interval, compile times kept apart."""
 
 from __future__ import annotations
 
+import functools
+
+import jax
+
 from gantransfer_jax import progress
 
 
@@ -50,8 +54,9 @@ def test_counter_without_a_total_and_durations():
 def test_first_calls_are_announced_timed_once_per_variant_and_taken_apart():
   clock, lines, calls = FakeClock(), [], []
 
+  @functools.partial(jax.jit, static_argnames="do_r1")
   def step(x, do_r1):
-    calls.append((x, do_r1))
+    calls.append(do_r1)  # Runs while tracing: once per compiled variant.
     clock.now += 40.0 if len(calls) == 1 else 1.0
     return x + 1
 
@@ -64,6 +69,7 @@ def test_first_calls_are_announced_timed_once_per_variant_and_taken_apart():
                    "compiling the train step (do_r1=False)...",
                    "compiled the train step and ran it once in 1.0s"]
   assert compiles.take_seconds() == 41.0 and compiles.take_seconds() == 0.0
+  assert calls == [True, False]  # Later calls run the variant's executable.
 
 
 def test_phase_logs_before_and_after_with_the_time():

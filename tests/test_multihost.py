@@ -231,7 +231,7 @@ def _start_workers(root: str, faces: str, cache: str, logs) -> list[subprocess.P
 
 def _tail(path: str, lines: int = 40) -> str:
   with open(path, encoding="utf-8", errors="replace") as f:
-    kept = [l for l in f if "Gloo" not in l]
+    kept = [l for l in f if "is connected to" not in l]  # Gloo's banner lines.
   return "".join(kept[-lines:])
 
 
