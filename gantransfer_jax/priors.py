@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -101,6 +102,8 @@ def dataset_priors(name: str, images, cache_key: str, *,
 
   prior_fn = load_prior(name) if prior_fn is None else prior_fn
   priors = np.asarray(prior_fn(images), np.float32)
+  if jax.process_index() > 0:  # Every process of a multi-host run computes the same priors.
+    return priors
   os.makedirs(os.path.dirname(path), exist_ok=True)
   temporary = f"{path}.tmp{os.getpid()}"
   with open(temporary, "wb") as f:

@@ -174,9 +174,10 @@ def _dip_outputs(model: Model, out: str, key: jax.Array, num: int, edits: Sequen
         np.asarray(jnp.concatenate([query, reconstruction])), num_cols=num_invert)
     errors = np.asarray(errors).tolist()
     final = np.asarray(dip.reconstruction_error(generator, g_vars, z, embeddings, query))
-    with open(os.path.join(out, "inversion.json"), "w", encoding="utf-8") as f:
-      json.dump({"errors": errors, "final_error": float(final.mean()),
-                 "learning_rate": 0.1}, f, indent=2)
+    if jax.process_index() == 0:  # Every process of a multi-host run has the same curve.
+      with open(os.path.join(out, "inversion.json"), "w", encoding="utf-8") as f:
+        json.dump({"errors": errors, "final_error": float(final.mean()),
+                   "learning_rate": 0.1}, f, indent=2)
     logging.info("inversion: reconstruction error %.4f -> %.4f over %d Adam steps",
                  errors[0], float(final.mean()), invert_steps)
   return paths
