@@ -12,10 +12,12 @@ repository's `configs/` folder.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import pathlib
 import types
+from collections.abc import Iterable
 
 import ml_collections
 
@@ -61,3 +63,17 @@ def get_config(spec: str) -> ml_collections.ConfigDict:
   name_or_path, preset = split_spec(spec)
   module = load_module(name_or_path)
   return module.get_config(preset) if preset else module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    assignments: Iterable[str]) -> ml_collections.ConfigDict:
+  """Applies `KEY=VALUE` assignments (the launch scripts' --set flags) to config, in
+  place; values are Python literals where they parse, bare strings otherwise."""
+  for assignment in assignments:
+    key, value = assignment.split("=", 1)
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # A bare string.
+    config.update_from_flattened_dict({key: value})
+  return config

