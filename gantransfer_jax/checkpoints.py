@@ -197,6 +197,12 @@ class Checkpointer:
             config=ocp.args.JsonSave(_config_to_json(config)),
         ),
     )
+    if jax.process_count() > 1:
+      # Orbax's wait is a barrier across processes: waited on from a second thread too,
+      # it is entered twice ("Barrier _async_write_complete is already ongoing") and
+      # the save fails. So several hosts wait and seal here, in step with each other.
+      self._seal(step)
+      return
     self._sealer = threading.Thread(target=self._seal, args=(step,), daemon=True,
                                     name=f"checkpoint-manifest-{step}")
     self._sealer.start()
