@@ -23,7 +23,6 @@ and the model's conditioning (`gantransfer_jax.models.gan.condition_dim`) the co
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -132,10 +131,9 @@ def _real_data(config: ml_collections.ConfigDict, num_classes: int, cache_dir: s
   sources.check_dataset_size(len(data["images"]), config.batch_size)
   if prior:
     from gantransfer_jax import priors  # pylint: disable=g-import-not-at-top
-    # Keyed by the decoded pixels themselves: any change of source, subset or files
-    # gives new priors.
-    digest = hashlib.sha1(np.ascontiguousarray(data["images"]).tobytes()).hexdigest()[:12]
-    key = f"{sources.describe(config.data.source)}-{digest}"
+    # dataset_priors keys its file by the decoded pixels too: any change of source,
+    # subset or files gives new priors.
+    key = sources.describe(config.data.source)
     data["priors"] = priors.dataset_priors(prior, data["images"], cache_key=key,
                                            cache_dir=cache_dir, prior_fn=prior_fn)
   data["images"] = np.asarray(data["images"], np.uint8)
