@@ -420,7 +420,10 @@ _MODEL_SECTIONS = ("stylegan2", "resnet", "sngan")
 # generator around a pretrained ResNet GAN's general part.
 _COMPATIBLE_MODELS = {("adafm", "resnet")}
 # Change no transferred parameter shape (new class embeddings start fresh: models.gan).
-_FREE_MODEL_FIELDS = ("truncation_psi", "mbstd_group_size", "num_classes")
+# Fields that fix no parameter shape: a finetune may choose its own (e.g. bfloat16 and
+# rematerialisation on a TPU for a checkpoint pretrained in float32 on a GPU).
+_FREE_MODEL_FIELDS = ("truncation_psi", "mbstd_group_size", "num_classes",
+                      "mixed_precision", "num_fp16_res", "remat")
 
 
 def inherit_model_config(config: ml_collections.ConfigDict,

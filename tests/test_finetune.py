@@ -60,6 +60,17 @@ def test_mismatched_model_fails_naming_both_values(pretrained, target_npz):
     checkpoints.inherit_model_config(config, str(pretrained))
 
 
+def test_memory_and_precision_fields_may_differ_from_the_checkpoint(pretrained, target_npz):
+  """They fix no parameter: a run pretrained in float32 may finetune in bfloat16 with remat."""
+  overrides = {"stylegan2.mixed_precision": "bfloat16", "stylegan2.num_fp16_res": 1,
+               "stylegan2.remat": "synthesis"}
+  config = finetune_config("transfergan", pretrained, target_npz, **overrides)
+  resolved = checkpoints.inherit_model_config(config, str(pretrained))
+  for key, value in overrides.items():
+    assert resolved[key.split(".")[0]][key.split(".")[1]] == value
+  assert resolved.stylegan2.channel_max == ps_pretrain.get_config("tiny").stylegan2.channel_max
+
+
 def test_init_checkpoint_really_loads_the_weights(pretrained, target_npz):
   config = checkpoints.inherit_model_config(
       finetune_config("transfergan", pretrained, target_npz), str(pretrained))
