@@ -456,7 +456,7 @@ def inherit_model_config(config: ml_collections.ConfigDict,
     for key, saved_value in saved[name].items():
       reconcile(config[name], key, saved_value, f"{name}.{key}")
   if problems:
-    raise ValueError(f"init_checkpoint {path} does not match the requested model:\n  - "
+    raise CheckpointError(f"init_checkpoint {path} does not match the requested model:\n  - "
                      + "\n  - ".join(problems))
   return config
 

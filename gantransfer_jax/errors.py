@@ -9,7 +9,6 @@ builtin too, e.g. `class ConfigError(UserError, ValueError)`, where callers catc
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -17,34 +16,20 @@ from typing import Any, NoReturn
 # The shell's convention for "wrong usage" (argparse and absl use it too); bugs exit 1.
 USAGE_EXIT_CODE = 2
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-# Code whose ValueErrors describe the user's input (their data set, checkpoints and
-# files to convert) rather than a bug: it validates what it reads and says what is wrong.
-_INPUT_READERS = tuple(os.path.join(_PACKAGE_DIR, p) for p in
-                       ("data" + os.sep, "convert" + os.sep, "checkpoints.py"))
-
 
 class UserError(Exception):
   """A problem the user fixes; the message says what is wrong and how to fix it."""
 
 
-def _raised_in(error: BaseException) -> str:
-  """The file of the innermost frame of the error's traceback."""
-  tb = error.__traceback__
-  while tb is not None and tb.tb_next is not None:
-    tb = tb.tb_next
-  return tb.tb_frame.f_code.co_filename if tb is not None else ""
+class InputError(UserError, ValueError):
+  """The user's data, files or settings for them are not what they must be (raised by
+  the readers that validate them: data sources, image folders, the sampler's checks)."""
 
 
 def is_user_error(error: BaseException) -> bool:
-  """UserErrors; missing or unreadable files; ValueErrors of the input readers."""
-  if isinstance(error, UserError):
-    return True
-  if isinstance(error, (FileNotFoundError, NotADirectoryError, PermissionError,
-                        IsADirectoryError)):
-    return True
-  return isinstance(error, ValueError) and os.path.abspath(
-      _raised_in(error)).startswith(_INPUT_READERS)
+  """UserErrors, and missing or unreadable files; any other error is a bug."""
+  return isinstance(error, (UserError, FileNotFoundError, NotADirectoryError,
+                            PermissionError, IsADirectoryError))
 
 
 def message(error: BaseException) -> str:

@@ -21,6 +21,8 @@ from gantransfer_jax import errors
 from gantransfer_jax import main as cli
 from gantransfer_jax import train
 from gantransfer_jax import validation
+from gantransfer_jax.data import sources
+from gantransfer_jax.metrics import torch_pickle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 finetune = config_files.load_module("finetune")
@@ -72,6 +74,22 @@ def test_user_errors_at_run_time_exit_2_and_bugs_keep_their_traceback(capsys):
     fails(ZeroDivisionError("a bug"))
   with pytest.raises(ValueError):  # A ValueError of generic code is a bug too.
     fails(ValueError("shapes do not match"))
+
+
+def test_the_input_readers_errors_are_user_errors_by_their_class(tmp_path):
+  """Bad data, checkpoints to convert and torch files raise UserError subclasses (no
+  guessing from the file that raised), so each command prints them as one line."""
+  truncated = tmp_path / "truncated.pt"
+  truncated.write_bytes(b"PK\x03\x04 not a zip")
+  raised = []
+  for read in (lambda: sources.parse_source(f"npz:{tmp_path / 'missing.npz'}"),
+               lambda: sources.decode_source(sources.parse_source(f"folder:{tmp_path}"), 16),
+               lambda: torch_pickle.load(str(truncated))):
+    with pytest.raises(ValueError) as info:
+      read()
+    raised.append(info.value)
+  assert all(errors.is_user_error(error) for error in raised), raised
+  assert not errors.is_user_error(ValueError("data/ code's own bug"))
 
 
 def test_finetuning_needs_a_target_and_uses_all_of_it(tmp_path):

@@ -81,6 +81,7 @@ import numpy as np
 from flax import traverse_util
 
 from gantransfer_jax import checkpoints
+from gantransfer_jax import errors
 from gantransfer_jax import progress
 from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import resnet_gan
@@ -98,7 +99,7 @@ _BLOCK = re.compile(r"resnet_(\d+)_(\d+)\.")
 _MAX_LISTED = 20
 
 
-class LayoutError(ValueError):
+class LayoutError(errors.UserError, ValueError):
   """The file is not a supported GAN_stability ResNet checkpoint; the message says why."""
 
 

@@ -102,6 +102,7 @@ import numpy as np
 from flax import traverse_util
 
 from gantransfer_jax import checkpoints
+from gantransfer_jax import errors
 from gantransfer_jax import progress
 from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import gan as gan_lib
@@ -127,7 +128,7 @@ _DROPPED_SUFFIX = ".resample_filter"
 _MAX_LISTED = 20
 
 
-class LayoutError(ValueError):
+class LayoutError(errors.UserError, ValueError):
   """The file is not a supported StyleGAN2-ADA checkpoint; the message says why."""
 
 

@@ -19,6 +19,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from gantransfer_jax import errors
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
 
 # Transparent pixels are composited onto white, as most viewers show them.
@@ -79,14 +81,14 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
   if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-    raise ValueError(f"expected an [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] image, "
+    raise errors.InputError(f"expected an [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] image, "
                      f"got shape {array.shape}")
   if array.dtype == np.uint16:
     array = np.rint(array / 257.0).astype(np.uint8)
   elif array.dtype == bool:
     array = array.astype(np.uint8) * 255
   elif array.dtype != np.uint8:
-    raise ValueError(f"expected uint8, uint16 or bool pixels, got {array.dtype}")
+    raise errors.InputError(f"expected uint8, uint16 or bool pixels, got {array.dtype}")
   return Image.fromarray(np.ascontiguousarray(array))  # Mode L, RGB or RGBA from the shape.
 
 
@@ -112,11 +114,11 @@ def load_image(path: str, resolution: int) -> np.ndarray:
 
 def _check_folder(path: str, resolution: int) -> None:
   if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
-    raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    raise errors.InputError(f"resolution must be a positive integer, got {resolution!r}")
   if not os.path.exists(path):
     raise FileNotFoundError(f"image folder {path!r} does not exist")
   if not os.path.isdir(path):
-    raise ValueError(f"{path!r} is not a folder")
+    raise errors.InputError(f"{path!r} is not a folder")
 
 
 def _load_files(files: list[str], resolution: int, path: str) -> tuple[np.ndarray, list[int]]:
@@ -133,7 +135,7 @@ def _load_files(files: list[str], resolution: int, path: str) -> tuple[np.ndarra
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
       skipped.append(f"{file} ({type(error).__name__}: {error})")
   if not images:
-    raise ValueError(f"none of the {len(files)} image files under {path!r} is readable:\n  "
+    raise errors.InputError(f"none of the {len(files)} image files under {path!r} is readable:\n  "
                      + "\n  ".join(skipped))
   if skipped:
     warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {path!r}:\n  "
@@ -158,7 +160,7 @@ def load_image_folder(path: str, resolution: int, *, recursive: bool = True) -> 
   _check_folder(path, resolution)
   files = list_image_files(path, recursive=recursive)
   if not files:
-    raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path!r}"
+    raise errors.InputError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path!r}"
                      + ("" if recursive else " (recursive=False)"))
   return _load_files(files, resolution, path)[0]
 
@@ -174,13 +176,13 @@ def check_class_folders(path: str) -> None:
   layout = os.path.join(path, "CLASS", "IMAGE")
   if not any(entry.is_dir() for entry in os.scandir(path)):
     holds = f" (its {len(loose)} image file(s) lie directly in it)" if loose else ""
-    raise ValueError(
+    raise errors.InputError(
         f"labelled image folder {path!r} has no class subfolders{holds}: with labels, the "
         f"images must lie in one subfolder per class, {layout}")
   if loose:
     shown = ", ".join(os.path.basename(file) for file in loose[:3])
     more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
-    raise ValueError(
+    raise errors.InputError(
         f"labelled image folder {path!r} holds {len(loose)} image file(s) directly ({shown}"
         f"{more}): with labels, every image must lie in a class subfolder, {layout}; "
         "move them into one")
@@ -209,7 +211,7 @@ def load_labelled_image_folder(path: str, resolution: int
   check_class_folders(path)
   files = list_image_files(path)
   if not files:
-    raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class "
+    raise errors.InputError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class "
                      f"subfolders of {path!r}")
   classes = [class_of(file, path) for file in files]
   class_names = tuple(sorted(set(classes)))

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gantransfer_jax import errors
+
 SYNTH_PREFIX = "synth:"
 
 
@@ -61,7 +63,7 @@ def check_source(config: ml_collections.ConfigDict) -> None:
   prior = (config.get("dip") or {}).get("prior")
   if is_synthetic(config.data.source):
     if prior:
-      raise ValueError("dip.prior conditions on real images' priors; it needs a real "
+      raise errors.InputError("dip.prior conditions on real images' priors; it needs a real "
                        f"data source, not {config.data.source}")
     _synthesizer(config)
   else:
@@ -122,7 +124,7 @@ def _real_data(config: ml_collections.ConfigDict, num_classes: int, cache_dir: s
     labelled = sources.load_labelled_dataset(config.data, config.resolution,
                                              cache_dir=cache_dir)
     if len(labelled.class_names) != num_classes:
-      raise ValueError(f"num_classes is {num_classes} but {config.data.source} has "
+      raise errors.InputError(f"num_classes is {num_classes} but {config.data.source} has "
                        f"{len(labelled.class_names)} classes")
     data = {"images": labelled.images, "labels": np.asarray(labelled.labels, np.int32)}
   else:

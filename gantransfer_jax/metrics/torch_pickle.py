@@ -54,6 +54,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from gantransfer_jax import errors
+
 __all__ = [
     "PickledObject",
     "TorchPickleError",
@@ -83,7 +85,7 @@ _MAX_REPEATED_BYTES = 64 << 20
 _MAX_DIMS = 64  # numpy's limit.
 
 
-class TorchPickleError(ValueError):
+class TorchPickleError(errors.UserError, ValueError):
   """The file is not a torch file this reader understands, or it is malformed."""
 
 
