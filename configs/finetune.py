@@ -211,8 +211,8 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
     config.sample_every = 250
     config.checkpoint_every = 500
     if pretrain_preset(preset) == "quick":
-      # StyleGAN2's 32 x 32 losses (ps_pretrain.py), for this preset's batch size.
-      pretrain.stylegan2_small_scale_losses(config, resolution=32)
+      # StyleGAN2's small-scale recipe (ps_pretrain.py); the batch may differ from it.
+      pretrain.stylegan2_small_scale_recipe(config)
     else:
       config.loss.r1_interval = 4
   return config
