@@ -195,3 +195,79 @@ def test_the_preset():
   assert config.minegan.stage1_steps == config.total_steps // 4 == 250
   assert finetune.get_config("minegan").minegan.stage1_steps == 25_000 // 4
   assert finetune.get_config("minegan").loss.style_mixing_prob == 0.0
+
+
+def test_evaluation_scores_the_mined_samples(runs, tmp_path):
+  """`evaluate` and the periodic evaluation build their model from the checkpoint's
+  config: the images they score are G(M(z)), here as the features they would embed."""
+  from gantransfer_jax import evaluation  # pylint: disable=g-import-not-at-top
+
+  config, params = checkpoints.restore_params(runs["workdir"])
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  images_as_features = lambda images: np.asarray(images).reshape(len(images), -1)
+
+  def features(config, g_params):
+    evaluator = evaluation.Evaluator(
+        config, gan_lib.build_gan(config), mesh, num_images=4,
+        feature_fn=images_as_features, cache_dir=str(tmp_path), stats_cache_dir=str(tmp_path))
+    return evaluator.generated_features(g_params, params["generator_state"])
+
+  g_ema = params["generator_ema"]
+  identity = jax.tree.map(np.zeros_like, g_ema[minegan.MINER])
+  mined = features(config, g_ema)
+  with_identity = features(config, {**g_ema, minegan.MINER: identity})
+  base_config = checkpoints.restore_raw_config(runs["workdir"])
+  del base_config["minegan"]
+  g_own = {k: v for k, v in g_ema.items() if k != minegan.MINER}
+  np.testing.assert_allclose(with_identity, features(base_config, g_own), atol=1e-5)
+  assert np.abs(mined - with_identity).max() > 1e-4
+
+
+def test_resnet_gan_stages_through_the_optimizer():
+  """The ResNet GAN behind a miner: G's own params get zero updates for stage1_steps
+  optimizer steps, the miner trains from the first."""
+  config = ps_pretrain.get_config("resnet,tiny")
+  config.minegan = finetune.get_config("minegan,quick").minegan
+  config.minegan.stage1_steps = 1
+  gan = gan_lib.build_gan(config)
+  assert isinstance(gan, minegan.MineGan) and not hasattr(gan, "sample_mixed")
+  g_vars, _ = gan.init(jax.random.key(0))
+  params = g_vars["params"]
+  tx = gan.generator_optimizer(optax.adam(1e-2))
+  opt_state = tx.init(params)
+  z = jax.random.normal(jax.random.key(1), (4, gan.z_dim))
+
+  @jax.jit
+  def update(params, opt_state):
+    loss = lambda p: jnp.mean(gan.generate(p, {}, z, None, jax.random.key(2))[0] ** 2)
+    updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  g_own = lambda p: {k: v for k, v in p.items() if k != minegan.MINER}
+  step1, opt_state = update(params, opt_state)
+  jax.tree.map(np.testing.assert_array_equal, g_own(step1), g_own(params))
+  assert max_change(step1[minegan.MINER], params[minegan.MINER]) > 0
+  step2, _ = update(step1, opt_state)
+  assert max_change(g_own(step2), g_own(step1)) > 0
+  # Sampling maps z through the miner: G(M(z)).
+  miner = jax.device_get(step2[minegan.MINER])
+  np.testing.assert_allclose(
+      np.asarray(gan.sample(step2, {}, z, None, jax.random.key(3))),
+      np.asarray(gan.base.sample(g_own(step2), {}, jnp.asarray(numpy_miner(miner, np.asarray(z))),
+                                 None, jax.random.key(3))), atol=1e-5)
+
+
+def test_the_sweep_gives_minegan_the_init_checkpoint():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "launch", "sweep.py")
+  spec = importlib.util.spec_from_file_location("_minegan_test_sweep", path)
+  sweep = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = sweep  # Dataclasses look their module up there.
+  spec.loader.exec_module(sweep)
+  command = sweep.build_command(sweep.Run("minegan", "orl_faces", 10, 0), "root",
+                                ["--config.init_checkpoint=workdirs/ps_quick"], quick=True)
+  assert any(a.endswith("finetune.py:minegan,quick") for a in command)
+  assert "--config.init_checkpoint=workdirs/ps_quick" in command
