@@ -22,12 +22,14 @@ How it plugs into the toolkit (nothing in the train step knows about it):
   cost is that stage 1 still computes G's weight gradients (the miner's gradient
   needs the backward pass through G anyway).
 
-The miner (the paper's details differ between its architectures, so this is our
-choice): a residual MLP of `num_layers` dense layers of width z_dim, leaky ReLU 0.2
-between them, M(z) = z + MLP(z), its last layer initialised to zero. M is then exactly
-the identity at initialisation: the first samples are the pretrained G's, and mining
-starts from the source distribution rather than from a random warp of it. Width z_dim
-keeps M as cheap as the mapping network's first layer.
+The miner (NOTES §10 and the seed papers do not specify it, so this is our choice;
+keep it in mind when comparing with paper 003's Table 2): a residual MLP of
+`num_layers` dense layers of width z_dim, leaky ReLU 0.2 between them,
+M(z) = z + MLP(z), its last layer initialised to zero. M is then exactly the identity
+at initialisation: the first samples are the pretrained G's, and mining starts from
+the source distribution rather than from a random warp of it. Width z_dim keeps M as
+cheap as the mapping network's first layer. The stage-1 length is ours too (the
+`minegan` preset: a quarter of the run).
 
 Limitations (refused by `config_problems`): unconditional models only (DIP's samplers
 call the generator directly and would bypass M), StyleGAN2 and the ResNet GAN, and no
@@ -72,8 +74,8 @@ class Miner(nn.Module):
     h = z
     for i in range(self.num_layers - 1):
       h = nn.leaky_relu(nn.Dense(z_dim, name=f"fc{i}")(h), 0.2)
-    delta = nn.Dense(z_dim, kernel_init=nn.initializers.zeros, name=f"fc{self.num_layers - 1}")(h)
-    return z + delta
+    last = nn.Dense(z_dim, kernel_init=nn.initializers.zeros, name=f"fc{self.num_layers - 1}")
+    return z + last(h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +147,7 @@ class MineGan(gan_lib.Gan):
     return Miner(num_layers=self.spec.num_layers)
 
   @property
-  def supports_path_length(self) -> bool:  # pytype: disable=signature-mismatch
+  def supports_path_length(self) -> bool:
     return self.base.supports_path_length
 
   def mine(self, g_params: Params, z: Array) -> Array:
