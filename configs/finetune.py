@@ -13,6 +13,9 @@ Presets: `--config=configs/finetune.py:METHOD[,stylegan2][,quick]`
                  this toolkit never uses).
     diffaug_bcr  random initialisation + DiffAugment + bCR consistency regularisation,
                  weight 10 (paper 003's DiffAugment baseline).
+    minegan      start from `init_checkpoint` with a miner MLP before G (MineGAN,
+                 paper 003's Table 2 baseline): `minegan.stage1_steps` (a quarter of
+                 the run) train the miner and D with G frozen, then all three train.
   AdaFM's ablation (paper 002, its Table 1), from a `ps_pretrain.py:resnet` checkpoint
   (or one converted from the authors' ImageNet model). All freeze the GmDn general
   part: G's `adafm.general_g` groups nearest the image, D's `adafm.general_d`:
@@ -55,7 +58,7 @@ from ml_collections import config_dict
 from gantransfer_jax import config_files
 
 STYLEGAN2_METHODS = ("scratch", "transfergan", "freezed", "ada", "transfergan_ada",
-                     "diffaug_bcr")
+                     "diffaug_bcr", "minegan")
 ADAFM_METHODS = ("adafm", "fs", "smallhead", "gphead")
 DIP_METHODS = ("dip", "dip_diffaug", "dip_freezed", "dip_diffaug_bcr")
 MODIFIERS = ("stylegan2", "quick")
@@ -145,6 +148,18 @@ def _dip(config: ml_collections.ConfigDict, method: str, stylegan2: bool,
     config.augment = ""
 
 
+def _minegan(config: ml_collections.ConfigDict) -> None:
+  """MineGAN (Wang et al. 2020; gantransfer_jax.minegan) over TransferGAN's settings."""
+  config.minegan = ml_collections.ConfigDict(dict(
+      # Our choice (the seeds do not give MineGAN's schedule): a quarter of the run
+      # mines the source (miner and D only), the rest trains miner, G and D together.
+      stage1_steps=config.total_steps // 4,
+      num_layers=2,  # A residual MLP of width z_dim, the identity at initialisation.
+  ))
+  # Style mixing's second latent would bypass the miner (validation refuses it).
+  config.loss.style_mixing_prob = 0.0
+
+
 def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   method, stylegan2, quick = _parse(preset)
   # Config files load by path, not as a package: so does the sibling.
@@ -183,7 +198,7 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
                                               initial_p=0.0))
   config.loss.bcr_weight = 0.0  # bCR on reals and fakes (Zhao et al. 2020); 0 = off.
 
-  if method in ("transfergan", "freezed", "transfergan_ada"):
+  if method in ("transfergan", "freezed", "transfergan_ada", "minegan"):
     _inherit_model_fields(config, "stylegan2")
   if method in ("ada", "transfergan_ada"):
     config.augment = "ada"
@@ -215,4 +230,6 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
       pretrain.stylegan2_small_scale_recipe(config)
     else:
       config.loss.r1_interval = 4
+  if method == "minegan":  # After `quick`: its stage 1 is a share of the run's length.
+    _minegan(config)
   return config

@@ -63,6 +63,12 @@ def _check_augment(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
+def _check_minegan(config: ml_collections.ConfigDict) -> list[str]:
+  from gantransfer_jax import minegan  # pylint: disable=g-import-not-at-top
+
+  return minegan.config_problems(config)
+
+
 def _check_eval(config: ml_collections.ConfigDict) -> list[str]:
   if not config.get("eval_every"):
     return []
@@ -185,6 +191,7 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
     problems.append(f"loss.kind {config.loss.kind!r} is unknown; valid: {', '.join(LOSSES)}")
   problems += _check_augment(config)
   problems += _check_eval(config)
+  problems += _check_minegan(config)
   if not problems:  # These checks assume a sane model and resolution.
     problems += _check_model(config)
   if not problems and config.data.get("source"):

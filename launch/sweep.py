@@ -12,7 +12,8 @@ Each run is one process,
 with its output appended to WORKDIR/sweep.log. Runs of methods that start from random
 weights (their preset's `config.init` is "scratch": scratch, dip, dip_diffaug) never get
 --config.init_checkpoint: a grid shares one set of overrides, and those baselines are
-defined by their random initialisation. Add --config.eval_every: without evaluations the
+defined by their random initialisation. Any finetune preset is a method, the
+transfer baselines included (transfergan, freezed, transfergan_ada, minegan). Add --config.eval_every: without evaluations the
 tables stay empty.
 
 Resuming: run the same command again. A run is finished when its latest checkpoint
@@ -409,7 +410,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
       epilog="Every other --config.* argument is passed through to each run.")
   parser.add_argument("--root", required=True, help="Folder of the run workdirs and tables.")
   parser.add_argument("--methods", type=_list(str), required=True,
-                      help="Comma-separated finetune presets, e.g. scratch,transfergan.")
+                      help="Comma-separated finetune presets, e.g. scratch,transfergan,minegan.")
   parser.add_argument("--datasets", type=_list(str), required=True,
                       help="Comma-separated config.data.source values.")
   parser.add_argument("--shots", type=_list(int), required=True,

@@ -527,7 +527,16 @@ def condition_dim(config: ml_collections.ConfigDict) -> int:
 
 
 def build_gan(config: ml_collections.ConfigDict) -> Gan:
-  """The `Gan` of `config.model` at `config.resolution`."""
+  """The `Gan` of `config.model` at `config.resolution`, behind MineGAN's miner when
+  `config.minegan` asks for one (`gantransfer_jax.minegan`)."""
+  from gantransfer_jax import minegan  # pylint: disable=g-import-not-at-top
+
+  gan = _build_family(config)
+  spec = minegan.spec_from_config(config)
+  return gan if spec is None else minegan.MineGan.wrap(gan, spec)
+
+
+def _build_family(config: ml_collections.ConfigDict) -> Gan:
   model = config.model
   if model == "stylegan2":
     from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
