@@ -249,6 +249,14 @@ def test_blits_first_then_resampling_is_the_official_composite_transform():
   assert error.max() < 0.08 and error.mean() < 0.02  # A wrong order: 0.3 and more.
 
 
+def test_non_square_images_match_the_official_resampling():
+  # Height and width have their own padding and resampling matrices.
+  x = _images(batch=4, size=S)[:, :12, :, :]
+  params = ada.draw(jax.random.key(9), x.shape, 1.0, {"scale": 1, "rotate": 1, "xfrac": 1})
+  g_inv = ada.resample_inverse(params, x.shape[0])
+  np.testing.assert_allclose(ada.apply(x, params), _official_geometric(x, g_inv), atol=2e-4)
+
+
 # ---------------------------------------------------------------- gradients
 
 def test_apply_is_differentiable_and_its_vjp_is_the_transpose():
