@@ -35,6 +35,12 @@ Presets: `--config=configs/finetune.py:METHOD[,stylegan2][,quick]`
                  own loss (non-saturating + R1, as the DiffAugment and FreezeD StyleGAN2
                  code the paper ran); batch 16 (8 for FreezeD), 20k steps.
                  `dip_freezed,stylegan2` starts from a `ps_pretrain.py` checkpoint.
+  BSA (Noguchi & Harada 2019; paper 003's Table 1 baseline), not adversarial, from a
+  `ps_pretrain.py:sngan` checkpoint:
+    bsa          frozen G; learned per-image latents and a per-channel scale and shift
+                 of every batch norm's output; L1 + perceptual (MobileNetV2 features, not
+                 VGG16) + earth mover's latent loss; samples from a Gaussian fitted to
+                 the latents (gantransfer_jax.bsa).
   The conditional CIFAR track (paper 001):
     cifar        finetune a `ps_pretrain.py:cifar` checkpoint on a labelled set
                  (tfds:cifar10 with a 10% subset by default; `data.fraction` 0.1/0.2/1.0).
@@ -62,7 +68,7 @@ STYLEGAN2_METHODS = ("scratch", "transfergan", "freezed", "ada", "transfergan_ad
 ADAFM_METHODS = ("adafm", "fs", "smallhead", "gphead")
 DIP_METHODS = ("dip", "dip_diffaug", "dip_freezed", "dip_diffaug_bcr")
 MODIFIERS = ("stylegan2", "quick")
-METHODS = STYLEGAN2_METHODS + ADAFM_METHODS + DIP_METHODS + ("cifar",)
+METHODS = STYLEGAN2_METHODS + ADAFM_METHODS + DIP_METHODS + ("cifar", "bsa")
 
 
 def _parse(preset: str) -> tuple[str, bool, bool]:
@@ -89,6 +95,8 @@ def pretrain_preset(preset: str) -> str:
     model = "resnet"
   elif method in DIP_METHODS:
     model = "" if stylegan2 else "sngan"
+  elif method == "bsa":
+    model = "sngan"
   else:
     model = "cifar" if method == "cifar" else ""
   return ",".join(p for p in (model, "quick" if quick else "") if p)
@@ -160,6 +168,26 @@ def _minegan(config: ml_collections.ConfigDict) -> None:
   config.loss.style_mixing_prob = 0.0
 
 
+def _bsa(config: ml_collections.ConfigDict, quick: bool) -> None:
+  """BSA's recipe (the authors' SmallGAN code): Adam, latents lr 0.05, scale/shift lr
+  5e-4, loss weights L1 1 (self-normalised), perceptual 0.001 per layer, latent EMD 0.1."""
+  _inherit_model_fields(config, "sngan")
+  config.task = "bsa"  # Not a GAN loop: gantransfer_jax.tasks.bsa.
+  config.bsa = ml_collections.ConfigDict(dict(
+      latent_lr=0.05,
+      stats_lr=5e-4,
+      l1_weight=1.0,
+      perceptual_weight=1e-3,
+      latent_weight=0.1,
+      latent_noise=0.01,    # z + N(0, 0.01^2) while training, as the authors.
+      # Deviation: the authors' VGG16 has no offline weights; MobileNetV2 features ('' = off).
+      perceptual="mobilenet_v2",
+      perceptual_resolution=64 if quick else 224,
+  ))
+  config.augment = ""
+  config.total_steps = 10_000
+
+
 def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   method, stylegan2, quick = _parse(preset)
   # Config files load by path, not as a package: so does the sibling.
@@ -214,6 +242,8 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
     _adafm(config, method, quick)
   if method in DIP_METHODS:
     _dip(config, method, stylegan2, quick)
+  if method == "bsa":
+    _bsa(config, quick)
   if method == "cifar":
     _inherit_model_fields(config, "sngan")
     config.num_classes = config_dict.placeholder(int)

@@ -400,15 +400,15 @@ def restore_params(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]
   config, state, _ = restore_raw(path)
   if "g_stats" in state:  # Written before model families had states: StyleGAN2 only.
     g_state, d_state = {"stats": state["g_stats"]}, {}
-  else:
-    g_state, d_state = state["g_state"], state["d_state"]
+  else:  # A BSA run (tasks/bsa.py) has no D and samples the G it trains, not an EMA.
+    g_state, d_state = state["g_state"], state.get("d_state", {})
   if "g_noise_consts" in state:  # Older StyleGAN2-ADA conversions kept these beside g_state.
     g_state = {**g_state, "noise_consts": state["g_noise_consts"]}
   return config, {
       "generator": state["g_params"],
-      "generator_ema": state["g_ema_params"],
+      "generator_ema": state.get("g_ema_params", state["g_params"]),
       "generator_state": g_state,
-      "discriminator": state["d_params"],
+      "discriminator": state.get("d_params", {}),
       "discriminator_state": d_state,
   }
 

@@ -37,6 +37,7 @@ flags.mark_flags_as_required(["config"])
 TASKS = {
     "pretrain": "gantransfer_jax.train:train_and_evaluate",
     "finetune": "gantransfer_jax.train:train_and_evaluate",
+    "bsa": "gantransfer_jax.tasks.bsa:run",
     "evaluate": "gantransfer_jax.tasks.evaluate:run",
     "select": "gantransfer_jax.tasks.select:run",
     "toy2d": "gantransfer_jax.tasks.toy2d:run",

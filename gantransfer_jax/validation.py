@@ -157,12 +157,46 @@ def check_init_checkpoint(config: ml_collections.ConfigDict) -> None:
         f"(configs/finetune.py lists them) or a {expected} checkpoint")
 
 
+def check_bsa_source(config: ml_collections.ConfigDict) -> None:
+  """BSA adapts batch-norm statistics: its source must be an unconditional SNGAN, and
+  its own fields sane. One line per problem, before anything is built."""
+  from gantransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
+
+  problems = _check_init(config)
+  path = config.get("init_checkpoint")
+  if path and not problems:
+    saved = checkpoints.restore_raw_config(path)
+    if saved.get("model") != "sngan":
+      problems.append(
+          f"BSA adapts the generator's batch-norm statistics, and {path} holds a "
+          f"{saved.get('model')!r} model, which has none: start it from an SNGAN "
+          "checkpoint (configs/ps_pretrain.py:sngan)")
+    elif saved.get("num_classes") or (saved.get("dip") or {}).get("prior"):
+      problems.append(f"BSA adapts an unconditional SNGAN; {path} is conditioned on "
+                      "labels or DIP priors: start it from a ps_pretrain.py:sngan checkpoint")
+  cfg = config.bsa
+  for field in ("latent_lr", "stats_lr"):
+    if cfg[field] <= 0:
+      problems.append(f"bsa.{field} must be positive, got {cfg[field]}")
+  for field in ("l1_weight", "perceptual_weight", "latent_weight", "latent_noise"):
+    if cfg[field] < 0:
+      problems.append(f"bsa.{field} must be >= 0, got {cfg[field]}")
+  if cfg.perceptual not in ("mobilenet_v2", ""):
+    problems.append(f"bsa.perceptual must be 'mobilenet_v2' or '' (off), got "
+                    f"{cfg.perceptual!r} (VGG16 has no offline weights)")
+  if cfg.perceptual and cfg.perceptual_resolution < 32:
+    problems.append(f"bsa.perceptual_resolution must be >= 32 (MobileNetV2 downsamples "
+                    f"32x), got {cfg.perceptual_resolution}")
+  if problems:
+    raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
 def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
                           num_devices: int | None = None) -> None:
   """Raises ConfigError listing every problem with a pretraining/finetuning config."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   problems = _check_init(config)
-  if config.task == "finetune" and not config.data.get("source"):
+  if config.task in ("finetune", "bsa") and not config.data.get("source"):
     problems.append("finetuning needs a target data set: set --config.data.source="
                     "folder:/my/images (or npz:PATH, tfds:NAME[:SPLIT], orl_faces)")
   if config.model not in MODELS:

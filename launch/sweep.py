@@ -16,6 +16,9 @@ defined by their random initialisation. Any finetune preset is a method, the
 transfer baselines included (transfergan, freezed, transfergan_ada, minegan). Add --config.eval_every: without evaluations the
 tables stay empty.
 
+Every finetune preset runs here, `bsa` too (BSA's task logs the same evaluations, so its
+runs fill the same tables; it starts from an SNGAN `--config.init_checkpoint`).
+
 Resuming: run the same command again. A run is finished when its latest checkpoint
 step reaches total_steps (--config.total_steps if passed here, else its config.json's);
 finished runs are skipped and unfinished ones rerun, which resumes them from their

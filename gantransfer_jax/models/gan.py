@@ -588,5 +588,9 @@ def _build_family(config: ml_collections.ConfigDict) -> Gan:
     discriminator = sngan.ProjectionDiscriminator(
         resolution=config.resolution, width=cfg.d_width,
         channel_multipliers=optional(cfg.d_multipliers))
-    return SNGan(generator, discriminator, config, cond_dim=condition_dim(config))
+    gan = SNGan(generator, discriminator, config, cond_dim=condition_dim(config))
+    if config.get("task") == "bsa":  # Its frozen G, adapted (gantransfer_jax.bsa).
+      from gantransfer_jax import bsa  # pylint: disable=g-import-not-at-top
+      return bsa.wrap(gan)
+    return gan
   raise ValueError(f"unknown model {model!r}; valid: {', '.join(FAMILIES)}")

@@ -132,19 +132,20 @@ class MobileNetV2(nn.Module):
 # ---- Preprocessing ----------------------------------------------------------------------
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-  """[N, H, W, C] images (float in [-1, 1], or uint8; C = 1 or 3) -> [N, 224, 224, 3]
-  ImageNet-normalised network input."""
+def preprocess(images: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
+  """[N, H, W, C] images (float in [-1, 1], or uint8; C = 1 or 3) -> [N, size, size, 3]
+  ImageNet-normalised network input (another size than 224 serves feature maps, e.g.
+  BSA's perceptual distance on small images)."""
   if images.dtype == jnp.uint8:
     images = images.astype(jnp.float32) / 127.5 - 1
   images = jnp.clip(images.astype(jnp.float32), -1.0, 1.0)
   if images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)
   images = (images + 1) / 2
-  if images.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
+  if images.shape[1:3] != (size, size):
     # Half-pixel bilinear; the triangle kernel widens when shrinking (antialiasing), so
     # enlarging equals torch's F.interpolate(bilinear) and shrinking torchvision's Resize.
-    shape = (images.shape[0], INPUT_SIZE, INPUT_SIZE, 3)
+    shape = (images.shape[0], size, size, 3)
     images = jax.image.resize(images, shape, method="linear", antialias=True)
   mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
   std = jnp.asarray(IMAGENET_STD, jnp.float32)
