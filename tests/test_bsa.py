@@ -233,5 +233,7 @@ def test_the_sweep_passes_the_source_and_tabulates_a_bsa_run(run):
   assert f"--config.init_checkpoint={source}" in command
   assert any(a.endswith("finetune.py:bsa,quick") for a in command)
   row = sweep.summarize(workdir)
-  assert (row["method"], row["init"], row["shots"]) == ("bsa", "checkpoint", 4)
+  # The init column names the source run, as for every transfer.
+  assert (row["method"], row["init"], row["shots"]) == (
+      "bsa", os.path.basename(os.path.normpath(source)), 4)
   assert row["status"] == "no evaluation"  # Finished, without eval_every.
