@@ -82,8 +82,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from gantransfer_jax import assets
 from gantransfer_jax.data import folder
+from gantransfer_jax.pretrained import assets
 
 FOLDER = "folder"
 TFDS = "tfds"
