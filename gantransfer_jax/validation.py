@@ -72,7 +72,7 @@ def _check_minegan(config: ml_collections.ConfigDict) -> list[str]:
 def _check_eval(config: ml_collections.ConfigDict) -> list[str]:
   if not config.get("eval_every"):
     return []
-  from gantransfer_jax import assets  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax.pretrained import assets  # pylint: disable=g-import-not-at-top
 
   problems = []
   if config.eval_every < 0 or config.eval_num_images < 6:
@@ -263,7 +263,7 @@ def validate_scoring_config(config: ml_collections.ConfigDict, workdir: str,
 
   `sources`: the data sources to score, by what they are for ("the target", ...).
   """
-  from gantransfer_jax import assets  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax.pretrained import assets  # pylint: disable=g-import-not-at-top
 
   problems = []
   for what, source in sources.items():

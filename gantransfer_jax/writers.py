@@ -34,6 +34,18 @@ def _to_json_number(value: Any) -> float | int | None:
   return value
 
 
+def json_safe(value: Any) -> Any:
+  """`value` with NaN/inf anywhere in its dicts, lists and tuples as None (null), for
+  strict JSON files (a Pearson of a constant series is NaN, say)."""
+  if isinstance(value, Mapping):
+    return {key: json_safe(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(item) for item in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
 class JsonlWriter(interface.MetricWriter):
   """Appends one JSON object per step: {"step": N, "<name>": value, ...}.
 

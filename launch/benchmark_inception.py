@@ -20,8 +20,8 @@ from absl import flags
 import jax
 import numpy as np
 
-from gantransfer_jax import assets
 from gantransfer_jax.metrics import inception
+from gantransfer_jax.pretrained import assets
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 128, "Images timed on each side.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per step.")

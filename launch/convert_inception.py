@@ -15,8 +15,8 @@ from absl import app
 from absl import flags
 import jax
 
-from gantransfer_jax import assets
 from gantransfer_jax.metrics import inception
+from gantransfer_jax.pretrained import assets
 
 _SRC = flags.DEFINE_string("src", None, "default_1.pt, its .whl, or pytorch-fid's .pth.",
                            required=True)

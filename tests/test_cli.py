@@ -22,7 +22,7 @@ from gantransfer_jax import main as cli
 from gantransfer_jax import train
 from gantransfer_jax import validation
 from gantransfer_jax.data import sources
-from gantransfer_jax.metrics import torch_pickle
+from gantransfer_jax.pretrained import torch_pickle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 finetune = config_files.load_module("finetune")

@@ -24,8 +24,8 @@ from configs import finetune
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
 from gantransfer_jax.convert import gan_stability
-from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import gan as gan_lib
+from gantransfer_jax.pretrained import torch_pickle
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = _ROOT.parent / "shared" / "reference" / "gan_stability_resnet2_nf8"

@@ -30,8 +30,8 @@ from configs import ps_pretrain
 from gantransfer_jax import checkpoints
 from gantransfer_jax import sample as sample_lib
 from gantransfer_jax.convert import stylegan2_ada
-from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import gan as gan_lib
+from gantransfer_jax.pretrained import torch_pickle
 from tests import weights_markers
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]

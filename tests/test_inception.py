@@ -12,10 +12,10 @@ import pytest
 import skimage.data
 from flax import traverse_util
 
-from gantransfer_jax import assets
 from gantransfer_jax import metrics
 from gantransfer_jax.metrics import inception
-from gantransfer_jax.metrics import torch_pickle
+from gantransfer_jax.pretrained import assets
+from gantransfer_jax.pretrained import torch_pickle
 
 # ---- Synthetic weights in both torch namings (no torch needed) ------------------------------
 

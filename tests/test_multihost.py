@@ -158,11 +158,11 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from gantransfer_jax import assets  # noqa: E402  pylint: disable=wrong-import-position
 from gantransfer_jax import checkpoints  # noqa: E402  pylint: disable=wrong-import-position
 from gantransfer_jax import parallel  # noqa: E402  pylint: disable=wrong-import-position
 from gantransfer_jax import writers  # noqa: E402  pylint: disable=wrong-import-position
 from gantransfer_jax.data import sources  # noqa: E402  pylint: disable=wrong-import-position
+from gantransfer_jax.pretrained import assets  # noqa: E402  pylint: disable=wrong-import-position
 from tests import weights_markers  # noqa: E402  pylint: disable=wrong-import-position
 
 HAS_INCEPTION = os.path.exists(assets.inception_weights_path())

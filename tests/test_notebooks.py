@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gantransfer_jax import assets
+from gantransfer_jax.pretrained import assets
 from tests.weights_markers import needs_inception
 
 nbclient = pytest.importorskip(

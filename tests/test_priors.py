@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from gantransfer_jax import assets
 from gantransfer_jax import parallel
 from gantransfer_jax import priors
-from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import mobilenet_v2
+from gantransfer_jax.pretrained import assets
+from gantransfer_jax.pretrained import torch_pickle
 
 
 @functools.cache

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from configs import ps_pretrain
-from gantransfer_jax import assets
 from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
@@ -26,6 +25,7 @@ from gantransfer_jax import validation
 from gantransfer_jax import writers
 from gantransfer_jax.metrics import inception
 from gantransfer_jax.models import gan as gan_lib
+from gantransfer_jax.pretrained import assets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,9 +15,9 @@ import pytest
 
 from configs import ps_pretrain
 from configs import select as select_config
-from gantransfer_jax import assets
 from gantransfer_jax import checkpoints
 from gantransfer_jax.models import gan as gan_lib
+from gantransfer_jax.pretrained import assets
 from gantransfer_jax.tasks import select
 
 _NUM_TARGET = 12

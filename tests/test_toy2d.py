@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from configs import toy2d as toy2d_config
+from gantransfer_jax import writers
 from gantransfer_jax.analysis import toy2d_metrics as metrics
 from gantransfer_jax.tasks import toy2d
+from gantransfer_jax.tasks import toy2d_gan
 
 
 # ------------------------------------------------------------------------------- W1
@@ -77,7 +79,7 @@ def test_gradient_similarity_of_a_discriminator_pulling_to_the_nearest_centre():
   def logit_fn(x):
     return -jnp.min(metrics.pairwise_sq_distances(x, CENTRES), axis=1)
 
-  points = jax.random.normal(jax.random.PRNGKey(0), (100, 2)) * 8
+  points = jax.random.normal(jax.random.key(0), (100, 2)) * 8
   descent = metrics.discriminator_gradient_similarity(logit_fn, points, CENTRES, "descent")
   loss_grad = metrics.discriminator_gradient_similarity(logit_fn, points, CENTRES,
                                                         "loss_gradient")
@@ -90,7 +92,7 @@ def test_gradient_similarity_of_a_linear_discriminator():
   # the mean cosine between w and the golden directions. (w is small: with |D| >~ 90 the
   # float32 gradient underflows to 0 and the point would be dropped.)
   w = jnp.asarray([0.01, 0.02])
-  points = jax.random.normal(jax.random.PRNGKey(1), (50, 2)) * 10
+  points = jax.random.normal(jax.random.key(1), (50, 2)) * 10
   golden = np.asarray(metrics.nearest_centre_directions(points, CENTRES))
   expected = np.mean(golden @ np.asarray(w) / np.linalg.norm(golden, axis=1) / np.linalg.norm(w))
   sim = metrics.discriminator_gradient_similarity(lambda x: x @ w, points, CENTRES)
@@ -103,6 +105,21 @@ def test_gradient_similarity_drops_points_without_gradient():
   assert float(metrics.gradient_field_similarity(vectors, points, CENTRES)) == pytest.approx(1.0)
   assert np.isnan(float(metrics.gradient_field_similarity(
       jnp.zeros((2, 2)), points, CENTRES)))
+
+
+def test_w1_table_solves_each_step_and_run_and_reduces_them():
+  rng = np.random.default_rng(4)
+  fakes = {step: rng.normal(size=(3, 16, 2)) for step in (30, 60)}
+  reals = {step: rng.normal(size=(3, 16, 2)) + step / 30 for step in (30, 60)}
+  table = metrics.w1_table(fakes, reals, num_threads=2)
+  for step in (30, 60):
+    np.testing.assert_array_equal(
+        table[step], [metrics.wasserstein1(fakes[step][r], reals[step][r]) for r in range(3)])
+  np.testing.assert_array_equal(metrics.reduce_w1(table, "final"), table[60])
+  np.testing.assert_array_equal(metrics.reduce_w1(table, "min"),
+                                np.minimum(table[30], table[60]))
+  with pytest.raises(ValueError, match="w1_reduce"):
+    metrics.reduce_w1(table, "mean")
 
 
 def test_pearson():
@@ -129,8 +146,8 @@ def test_config_follows_the_paper():
 
 
 def test_distributions():
-  dists = toy2d.distributions_from_config(toy2d_config.get_config())
-  key = jax.random.PRNGKey(0)
+  dists = toy2d_gan.distributions_from_config(toy2d_config.get_config())
+  key = jax.random.key(0)
   target = np.asarray(dists["target"].sample(key, 4000))
   centres = np.asarray(dists["target"].centres())
   nearest = np.linalg.norm(target[:, None] - centres[None], axis=-1).min(axis=1)
@@ -144,17 +161,18 @@ def test_distributions():
 
 def test_vmap_over_runs_equals_a_single_run():
   config = toy2d_config.get_config("quick")
-  spec = toy2d.gan_spec_from_config(config)
-  dists = toy2d.distributions_from_config(config)
+  spec = toy2d_gan.gan_spec_from_config(config)
+  dists = toy2d_gan.distributions_from_config(config)
   datas = (dists["source_i"], dists["source_ii"])
-  snapshots = [toy2d.init_snapshot(jax.random.PRNGKey(i), spec) for i in range(2)]
-  states = jax.vmap(lambda s: toy2d.state_from_snapshot(s, spec))(toy2d._stack(snapshots))
-  keys = toy2d.run_keys(jax.random.PRNGKey(7), 2)
-  batched, _ = toy2d.train_chunk_many(states, keys, jnp.arange(2), spec=spec, datas=datas,
-                                      num_steps=config.chunk_steps)
-  single, _ = toy2d.train_chunk(toy2d.state_from_snapshot(snapshots[1], spec), keys[1],
-                                jnp.asarray(1), spec=spec, datas=datas,
-                                num_steps=config.chunk_steps)
+  snapshots = [toy2d_gan.init_snapshot(jax.random.key(i), spec) for i in range(2)]
+  states = jax.vmap(lambda s: toy2d_gan.state_from_snapshot(s, spec))(
+      toy2d_gan.stack(snapshots))
+  keys = toy2d_gan.run_keys(jax.random.key(7), 2)
+  batched, _ = toy2d_gan.train_chunk_many(states, keys, jnp.arange(2), spec=spec,
+                                          datas=datas, num_steps=config.chunk_steps)
+  single, _ = toy2d_gan.train_chunk(toy2d_gan.state_from_snapshot(snapshots[1], spec),
+                                    keys[1], jnp.asarray(1), spec=spec, datas=datas,
+                                    num_steps=config.chunk_steps)
   assert int(single.step) == config.chunk_steps
   # Batched and single matmuls round differently, and Adam amplifies that in tiny
   # gradients: equal up to ~1e-4 after 20 steps, whereas another run differs by ~1e-1.
@@ -168,6 +186,14 @@ def test_vmap_over_runs_equals_a_single_run():
 def quick_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("toy2d_quick")
   return workdir, toy2d.run(toy2d_config.get_config("quick"), str(workdir))
+
+
+def test_json_of_the_study_has_null_for_nan_at_any_depth():
+  result = {"pearson": float("nan"), "w1": {"random": np.float64(np.inf), "ok": 1.5},
+            "series": (0.25, [float("-inf"), 2]), "name": "toy2d", "flag": True}
+  text = json.dumps(writers.json_safe(result), allow_nan=False)
+  assert json.loads(text) == {"pearson": None, "w1": {"random": None, "ok": 1.5},
+                              "series": [0.25, [None, 2]], "name": "toy2d", "flag": True}
 
 
 def test_quick_run_writes_json_and_figures(quick_run):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from gantransfer_jax import assets
+from gantransfer_jax.pretrained import assets
 
 needs_inception = pytest.mark.skipif(
     not os.path.exists(assets.inception_weights_path()),

@@ -4,7 +4,8 @@
   uniform weights and equal sizes the optimal transport plan is a permutation, so W1 is
   the mean cost of the optimal assignment (scipy's `linear_sum_assignment`); this is what
   the authors' `ot.emd` computes. It runs on the host; `wasserstein1_many` spreads many
-  problems over threads (scipy releases the GIL while solving).
+  problems over threads (scipy releases the GIL while solving); `w1_table` tabulates them
+  per evaluation step and run, `reduce_w1` keeps the last step or the minimum.
 * `precision_recall`: Kynkaanniemi et al. (2019) improved precision/recall with k-NN
   balls, vectorised in jnp (jittable, vmappable).
 * `gradient_field_similarity` / `discriminator_gradient_similarity`: cosine between a
@@ -69,6 +70,27 @@ def wasserstein1_many(pairs: Iterable[tuple[np.ndarray, np.ndarray]], num_thread
       if on_done:
         on_done(i)
   return results
+
+
+def w1_table(fakes: dict[int, np.ndarray], reals: dict[int, np.ndarray], num_threads: int = 1,
+             on_done: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
+  """Exact W1 per evaluation step and run, {step: [runs]}, of {step: [runs, N, 2]} sets."""
+  pairs = [(step, run) for step in sorted(fakes) for run in range(fakes[step].shape[0])]
+  values = wasserstein1_many(((fakes[step][run], reals[step][run]) for step, run in pairs),
+                             num_threads, on_done=on_done)
+  table = {step: np.zeros(fakes[step].shape[0]) for step in fakes}
+  for (step, run), value in zip(pairs, values):
+    table[step][run] = value
+  return table
+
+
+def reduce_w1(table: dict[int, np.ndarray], how: str) -> np.ndarray:
+  """Per-run W1 from a `w1_table`: after the last evaluation, or the minimum over them."""
+  if how == "final":
+    return table[max(table)]
+  if how == "min":
+    return np.min(np.stack([table[step] for step in sorted(table)]), axis=0)
+  raise ValueError(f"w1_reduce must be 'final' or 'min', got {how!r}")
 
 
 # ------------------------------------------------------------------ precision / recall

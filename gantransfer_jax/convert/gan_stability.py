@@ -1,6 +1,6 @@
 """GAN_stability ResNet GAN checkpoints (AdaFM's ImageNet source) -> our flax variables, torch-free.
 
-Reads (through the restricted unpickler of `gantransfer_jax.metrics.torch_pickle`) the
+Reads (through the restricted unpickler of `gantransfer_jax.pretrained.torch_pickle`) the
 authors' `resnet2` networks (LMescheder/GAN_stability, `gan_training/models/resnet2.py`,
 the family of `configs/imagenet.yaml` and of the published `imagenet-8c505f47.pt`), in
 any `torch.save` format or as a plain pickle of numpy arrays, in both forms they exist in:
@@ -83,8 +83,8 @@ from flax import traverse_util
 from gantransfer_jax import checkpoints
 from gantransfer_jax import errors
 from gantransfer_jax import progress
-from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import resnet_gan
+from gantransfer_jax.pretrained import torch_pickle
 
 PyTree = Any
 StateDict = dict[str, np.ndarray]

@@ -1,7 +1,7 @@
 """Official StyleGAN2-ADA (PyTorch) checkpoints -> this package's Flax G, G_ema and D.
 
 Reads, without torch and without the authors' `dnnlib` / `torch_utils` modules (through
-the restricted unpickler of `gantransfer_jax.metrics.torch_pickle`):
+the restricted unpickler of `gantransfer_jax.pretrained.torch_pickle`):
 
 * network pickles (`network-snapshot-*.pkl`): a pickle dict whose 'G', 'D' and 'G_ema'
   are `torch_utils.persistence` objects holding the module tree and its tensors (other
@@ -104,8 +104,8 @@ from flax import traverse_util
 from gantransfer_jax import checkpoints
 from gantransfer_jax import errors
 from gantransfer_jax import progress
-from gantransfer_jax.metrics import torch_pickle
 from gantransfer_jax.models import gan as gan_lib
+from gantransfer_jax.pretrained import torch_pickle
 
 PyTree = Any
 StateDict = dict[str, np.ndarray]

