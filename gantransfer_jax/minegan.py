@@ -14,7 +14,7 @@ How it plugs into the toolkit (nothing in the train step knows about it):
 * Forward passes. `MineGan` wraps the family's `Gan` and feeds `M(z)` wherever the
   family takes z: training, the path-length term, sampling (the sample grids, the
   `sample` command, `evaluate` and `select` all build their model with
-  `gan.build_gan`, which wraps it when `config.minegan` is set).
+  `builder.build_gan`, which wraps it when `config.minegan` is set).
 * Stages. A step-dependent mask in G's optimizer: the miner's subtree has its own
   Adam; the rest of G sits behind `adafm.frozen_during_warmup`, which returns zero
   updates and leaves Adam's moments untouched for the first `stage1_steps` steps

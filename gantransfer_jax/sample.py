@@ -38,6 +38,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from gantransfer_jax import builder
 from gantransfer_jax import checkpoints
 from gantransfer_jax import errors
 from gantransfer_jax import images as image_lib
@@ -76,7 +77,7 @@ class Model:
         gan_lib.set_noise_mode(self.config, noise_mode, self.state)
       except ValueError as error:
         raise ValueError(f"{checkpoint}: {error}") from None
-    self.gan = gan_lib.build_gan(self.config)
+    self.gan = builder.build_gan(self.config)
     self.sampler = None
     if self.gan.cond_dim:
       self.sampler = sampler_lib.make_sampler(self.config, cache_dir=cache_dir)

@@ -40,6 +40,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from gantransfer_jax import builder
 from gantransfer_jax import ada
 from gantransfer_jax import augment
 from gantransfer_jax import checkpoints
@@ -79,12 +80,12 @@ class TrainState:
 
 def frozen_prefixes(config: ml_collections.ConfigDict) -> FrozenPrefixes:
   """What the config freezes (FreezeD, AdaFM's GmDn), per `Gan.frozen_prefixes`."""
-  return gan_lib.build_gan(config).frozen_prefixes()
+  return builder.build_gan(config).frozen_prefixes()
 
 
 def make_optimizers(config: ml_collections.ConfigDict, gan: gan_lib.Gan | None = None):
   opt = config.optim
-  gan = gan or gan_lib.build_gan(config)
+  gan = gan or builder.build_gan(config)
   g_tx = gan.generator_optimizer(optax.adam(opt.g_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps))
   d_tx = optax.adam(opt.d_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
   return g_tx, d_tx
@@ -332,7 +333,7 @@ class Setup(NamedTuple):
 def build(config: ml_collections.ConfigDict, mesh, data_cache_dir: str | None = None, *,
           prior_fn: Callable | None = None) -> Setup:
   """Models, optimizers, data and the jitted step for a validated config."""
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   g_tx, d_tx = make_optimizers(config, gan)
   frozen = gan.frozen_prefixes()
   sampler = sampler_lib.make_sampler(config, cache_dir=data_cache_dir, prior_fn=prior_fn)

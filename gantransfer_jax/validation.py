@@ -10,6 +10,7 @@ import tempfile
 import jax
 import ml_collections
 
+from gantransfer_jax import builder
 from gantransfer_jax import errors
 
 MODELS = ("stylegan2", "resnet", "adafm", "sngan")
@@ -112,7 +113,7 @@ def _check_model(config: ml_collections.ConfigDict) -> list[str]:
   if problems:
     return problems
   try:
-    gan_lib.build_gan(config).frozen_prefixes()
+    builder.build_gan(config).frozen_prefixes()
   except ValueError as e:
     problems.append(str(e) + _freeze_d_hint(str(e)))
   return problems

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gantransfer_jax import builder
 from gantransfer_jax import ada
 from gantransfer_jax import augment
 from gantransfer_jax import losses
@@ -422,7 +423,7 @@ def test_checkpoints_from_before_ada_still_resume(tmp_path):
 
   config = _tiny_ada_config()
   config.ada.initial_p = 0.25
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   state = train.create_train_state(config, gan, *train.make_optimizers(config, gan),
                                    parallel.create_mesh())
   old = {name: getattr(state, name) for name in state.__dataclass_fields__

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from gantransfer_jax import builder
 from configs import finetune
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
@@ -18,7 +19,6 @@ from gantransfer_jax import freezing
 from gantransfer_jax import sample
 from gantransfer_jax import train
 from gantransfer_jax import writers
-from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.models import resnet_gan
 from gantransfer_jax.models import smallhead
 from tests.weights_markers import needs_inception
@@ -63,7 +63,7 @@ def test_adafm_freezes_the_general_part_and_warms_up_the_modulation(resnet_pretr
   modulation = state.g_params["modulation"]
   for leaf_path, value in traverse_util.flatten_dict(modulation).items():
     np.testing.assert_array_equal(value, 1.0 if leaf_path[-1] == "gamma" else 0.0)
-  fresh_head = gan_lib.build_gan(checkpoints.restore_raw_config(workdir)).init(
+  fresh_head = builder.build_gan(checkpoints.restore_raw_config(workdir)).init(
       jax.random.key(0))[0]["params"]["head"]
   assert jax.tree.structure(fresh_head) == jax.tree.structure(state.g_params["head"])
   # D2: the input conv and resnet_0 frozen, the rest trained.
@@ -111,7 +111,7 @@ def _modulated_convs(resolution, nf, general_g):
 def test_trainable_parameters_match_the_formula(method, resnet_pretrained):
   config = checkpoints.inherit_model_config(adafm_config(method, resnet_pretrained),
                                             resnet_pretrained)
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   params = jax.eval_shape(gan.init, jax.random.key(0))[0]["params"]
   trainable, frozen = freezing.split(params, gan.frozen_prefixes().generator)
   convs = _modulated_convs(16, 4, general_g=2)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from gantransfer_jax import builder
 from gantransfer_jax import bsa
 from gantransfer_jax import checkpoints
 from gantransfer_jax import config_files
@@ -28,7 +29,7 @@ STEPS = 40
 def _save_source(workdir: str, preset: str) -> str:
   """A workdir whose step-0 checkpoint is a fresh `ps_pretrain.py:PRESET` model."""
   config = config_files.get_config(f"ps_pretrain:{preset}")
-  g_vars, d_vars = gan_lib.build_gan(config).init(jax.random.key(7))
+  g_vars, d_vars = builder.build_gan(config).init(jax.random.key(7))
   g_params, g_state = gan_lib.split_variables(g_vars)
   d_params, d_state = gan_lib.split_variables(d_vars)
   state = {"step": np.zeros((), np.int32), "g_params": g_params, "g_ema_params": g_params,
@@ -51,7 +52,7 @@ def _targets(source: str, path: str) -> np.ndarray:
   N(0, I) latents, as uint8 in an npz: a set BSA can fit exactly, so its fit must show."""
   config, params = checkpoints.restore_params(source)
   config.task = "bsa"
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   g_params, g_state = params["generator_ema"], params["generator_state"]
   adaptation = bsa.init_adaptation(gan.statistics_layers(g_params, g_state))
   leaves, tree = jax.tree.flatten(adaptation)
@@ -138,7 +139,7 @@ def test_training_adapts_only_the_statistics_and_latents_and_reconstruction_impr
 
   # The reconstruction error of the 4 images, before (identity, zero latents) and after.
   config.task = "bsa"
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   bsa_config, _ = checkpoints.restore_params(workdir)
   images = np.load(bsa_config.data.source[len("npz:"):])["images"] / 127.5 - 1
   identity = bsa.init_adaptation(gan.statistics_layers(frozen, source_state))
@@ -160,7 +161,7 @@ def test_the_checkpoint_stores_the_gaussian_of_its_latents_and_samples_from_it(r
   gaussian = params["generator_state"][bsa.GAUSSIAN]
   np.testing.assert_allclose(gaussian["mean"], state.latents.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(gaussian["cov"], np.cov(state.latents.T), rtol=1e-4, atol=1e-6)
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   eps = jax.random.normal(jax.random.key(3), (4, gan.z_dim))
   sampled = gan.sample(params["generator_ema"], params["generator_state"], eps, None, None)
   expected = gan.reconstruct(params["generator_ema"], params["generator_state"],

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gantransfer_jax import builder
 from configs import finetune
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
@@ -18,7 +19,6 @@ from gantransfer_jax import sample
 from gantransfer_jax import train
 from gantransfer_jax import writers
 from gantransfer_jax.data import sampler as sampler_lib
-from gantransfer_jax.models import gan as gan_lib
 from tests.weights_markers import needs_inception, needs_mobilenet
 
 
@@ -90,7 +90,7 @@ def test_dip_trains_on_cached_priors_and_samples_every_way(tmp_path):
 
   state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   assert gan.cond_dim == priors.FEATURE_DIMS["mobilenet_v2"]
   paths = sample.write_samples(workdir, str(tmp_path / "samples"), num=4,
                                edits=["cutmix", "cutout", "greyscale"], num_invert=2,
@@ -134,7 +134,7 @@ def test_conditional_pretraining_respects_labels_and_transfers_to_new_classes(tm
 
   # One z, ten labels: ten different images.
   config, params = checkpoints.restore_params(workdir)
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   z = jnp.repeat(jax.random.normal(jax.random.key(1), (1, gan.z_dim)), 10, axis=0)
   images = np.asarray(gan.sample(params["generator_ema"], params["generator_state"], z,
                                  jnp.eye(10), jax.random.key(2)))

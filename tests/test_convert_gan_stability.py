@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from gantransfer_jax import builder
 from configs import finetune
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
@@ -82,7 +83,7 @@ def test_training_checkpoint_reproduces_the_authors_g_and_d_at_a_class(
   config, params = checkpoints.restore_params(workdir)
   assert (config.model, config.resolution, config.resnet.nf, config.resnet.z_dim) == (
       "resnet", 128, 8, 32)
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   for name in ("generator", "generator_ema"):
     images = gan.generator.apply({"params": params[name]}, expected["z"])
     assert _relative_error(images, _nhwc(expected["g_y3"])) < TOLERANCE, name
@@ -124,7 +125,7 @@ def test_bare_state_dicts_as_adafm_saves_them(reference, tmp_path):
                     f"--workdir={workdir}", f"--generator_class={fixed_class}")
   assert "ImageNetPre_discriminator: discriminator', fc row" in stdout
   config, params = checkpoints.restore_params(str(workdir))
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   images = gan.generator.apply({"params": params["generator_ema"]}, expected["z"])
   assert _relative_error(images, _nhwc(expected["g_y3"])) < TOLERANCE
   logits = gan.discriminator.apply({"params": params["discriminator"]},
@@ -215,7 +216,7 @@ def test_adafm_finetune_starts_from_the_converted_workdir(reference, class_workd
   config.init_checkpoint = workdir
   config = checkpoints.inherit_model_config(config, workdir)
   assert (config.model, config.resolution, config.resnet.nf) == ("adafm", 128, 8)
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   shapes = jax.eval_shape(gan.init, jax.random.key(0))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   fresh = {"g_params": zeros[0]["params"], "g_state": {}, "d_params": zeros[1]["params"],

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gantransfer_jax import builder
 from configs import evaluate as evaluate_config
 from configs import finetune
 from configs import ps_pretrain
@@ -96,7 +97,7 @@ def _sampler(workdir, noise_mode, truncation_psi=1.0):
   config, params = checkpoints.restore_params(workdir)
   config.stylegan2.truncation_psi = truncation_psi
   gan_lib.set_noise_mode(config, noise_mode, params["generator_state"])
-  return gan_lib.build_gan(config), params
+  return builder.build_gan(config), params
 
 
 def test_state_dict_reproduces_every_official_output(expected, workdir):
@@ -136,7 +137,7 @@ def test_state_dict_records_no_group_size(expected, official, base_config):
   with pytest.warns(UserWarning, match="does not record D's minibatch-stddev group size"):
     config, state = stylegan2_ada.convert(official, base_config)
   assert config.stylegan2.mbstd_group_size == 4
-  discriminator = gan_lib.build_gan(config).discriminator
+  discriminator = builder.build_gan(config).discriminator
   logits = discriminator.apply({"params": state["d_params"]},
                                expected["d_in"].transpose(0, 2, 3, 1))
   assert _relative_error(logits, expected["d_out"][:, 0]) > 1e-3
@@ -330,7 +331,7 @@ def test_network_pickle_records_the_group_size(expected, official, official_modu
   assert "mbstd_group_size 8, conv_clamp 256.0" in result.stdout
   assert "does not record" not in result.stderr
   config, params = checkpoints.restore_params(str(tmp_path / "converted"))
-  logits = gan_lib.build_gan(config).discriminator.apply(
+  logits = builder.build_gan(config).discriminator.apply(
       {"params": params["discriminator"]}, expected["d_in"].transpose(0, 2, 3, 1))
   assert _relative_error(logits, expected["d_out"][:, 0]) < TOLERANCE
   # A contradicting flag is refused, in one line.
@@ -347,7 +348,7 @@ def test_recorded_fields_of_fp32_and_default_pickles(official, official_modules,
   assert fp32 == {"mbstd_group_size": 8, "conv_clamp": None}
   config, _ = stylegan2_ada.convert(official, base_config, recorded=fp32)
   assert config.stylegan2.conv_clamp is None
-  assert gan_lib.build_gan(config).generator.conv_clamp is None
+  assert builder.build_gan(config).generator.conv_clamp is None
   cifar = stylegan2_ada.recorded_fields(torch_pickle.load(
       _network_pickle(official, 256, 32, layer_attributes=False)))
   assert cifar == {"mbstd_group_size": 32, "conv_clamp": 256.0}

@@ -13,6 +13,7 @@ import optax
 import pytest
 from flax import traverse_util
 
+from gantransfer_jax import builder
 from configs import finetune
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
@@ -21,7 +22,6 @@ from gantransfer_jax import parallel
 from gantransfer_jax import sample
 from gantransfer_jax import train
 from gantransfer_jax import validation
-from gantransfer_jax.models import gan as gan_lib
 
 STAGE1_STEPS = 2
 
@@ -129,7 +129,7 @@ def test_sample_command_goes_through_the_miner(runs, tmp_path):
   miner = params["generator_ema"][minegan.MINER]
   g_own = {k: v for k, v in params["generator_ema"].items() if k != minegan.MINER}
   del config["minegan"]
-  base = gan_lib.build_gan(config)
+  base = builder.build_gan(config)
   assert not isinstance(base, minegan.MineGan)
 
   key = jax.random.key(3)
@@ -208,7 +208,7 @@ def test_evaluation_scores_the_mined_samples(runs, tmp_path):
 
   def features(config, g_params):
     evaluator = evaluation.Evaluator(
-        config, gan_lib.build_gan(config), mesh, num_images=4,
+        config, builder.build_gan(config), mesh, num_images=4,
         feature_fn=images_as_features, cache_dir=str(tmp_path), stats_cache_dir=str(tmp_path))
     return evaluator.generated_features(g_params, params["generator_state"])
 
@@ -229,7 +229,7 @@ def test_resnet_gan_stages_through_the_optimizer():
   config = ps_pretrain.get_config("resnet,tiny")
   config.minegan = finetune.get_config("minegan,quick").minegan
   config.minegan.stage1_steps = 1
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   assert isinstance(gan, minegan.MineGan) and not hasattr(gan, "sample_mixed")
   g_vars, _ = gan.init(jax.random.key(0))
   params = g_vars["params"]

@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 
+from gantransfer_jax import builder
 from configs import ps_pretrain
 from gantransfer_jax import losses
 from gantransfer_jax import parallel
 from gantransfer_jax import train
 from gantransfer_jax.data import sampler as sampler_lib
-from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.models import stylegan2
 
 # Resolution 16 has float32 blocks (G's b4) and reduced-precision ones (b8, b16 with
@@ -89,7 +89,7 @@ def _step_gradients(config):
   """Losses and (G, D) gradients of one step with R1 and path length, from a fixed init
   and fixed data (everything is folded from config.seed)."""
   mesh = parallel.create_mesh(jax.devices()[:1])
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   record = _gradient_recorder()
   sampler = sampler_lib.make_sampler(config)
   data = jax.device_put(sampler.data, parallel.replicated(mesh))

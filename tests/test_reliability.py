@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gantransfer_jax import builder
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
@@ -373,7 +374,7 @@ def test_a_second_ctrl_c_during_a_save_leaves_no_orbax_thread_waiting(tmp_path):
 @pytest.mark.slow
 def test_evaluation_is_abandoned_between_batches_when_a_stop_is_requested(tmp_path):
   config = tiny_config()
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   mesh = parallel.create_mesh()
   calls = []
 

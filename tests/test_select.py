@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gantransfer_jax import builder
 from configs import ps_pretrain
 from configs import select as select_config
 from gantransfer_jax import checkpoints
-from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.pretrained import assets
 from gantransfer_jax.tasks import select
 
@@ -25,7 +25,7 @@ _NUM_TARGET = 12
 
 def _write_checkpoint(workdir, config, seed):
   """A checkpoint in the training layout, its parameters drawn from N(0, 1)."""
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   generator, discriminator = gan.generator, gan.discriminator
   rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
   g_shapes = jax.eval_shape(generator.init, rngs, jnp.zeros((1, generator.z_dim)))

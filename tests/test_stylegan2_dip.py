@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gantransfer_jax import builder
 from configs import finetune
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
@@ -133,8 +134,8 @@ def _tiny_config(**overrides):
 
 
 def test_transfer_from_an_unconditional_source_starts_as_the_source():
-  source = gan_lib.build_gan(_tiny_config())
-  target = gan_lib.build_gan(_tiny_config(num_classes=COND_DIM))
+  source = builder.build_gan(_tiny_config())
+  target = builder.build_gan(_tiny_config(num_classes=COND_DIM))
   assert isinstance(target, gan_lib.StyleGAN2Gan) and target.cond_dim == COND_DIM
   g_vars, d_vars = jax.device_get(source.init(_key(0)))
   fresh_g, fresh_d = jax.device_get(target.init(_key(1)))

@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import pytest
 
+from gantransfer_jax import builder
 from configs import ps_pretrain
 from gantransfer_jax import checkpoints
 from gantransfer_jax import parallel
 from gantransfer_jax import train
 from gantransfer_jax import validation
 from gantransfer_jax import writers
-from gantransfer_jax.models import gan as gan_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ def test_two_devices_match_one_device_on_the_same_global_batch():
   assert_trees_close(one.g_ema_params, two.g_ema_params, rtol=1e-4, atol=1e-5)
   # The step really trains: parameters moved away from their initial values.
   fresh = jax.device_get(train.init_train_state(
-      config, gan_lib.build_gan(config), *train.make_optimizers(config)))
+      config, builder.build_gan(config), *train.make_optimizers(config)))
   moved = jax.tree.map(lambda x, y: np.abs(x - y).max(), fresh.d_params, one.d_params)
   assert max(jax.tree.leaves(moved)) > 0
 

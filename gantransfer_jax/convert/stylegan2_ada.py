@@ -101,10 +101,10 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from gantransfer_jax import builder
 from gantransfer_jax import checkpoints
 from gantransfer_jax import errors
 from gantransfer_jax import progress
-from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.pretrained import torch_pickle
 
 PyTree = Any
@@ -353,7 +353,7 @@ def model_config(base_config: ml_collections.ConfigDict, architecture: Architect
 
 def expected_variables(config: ml_collections.ConfigDict) -> dict[str, PyTree]:
   """{'G', 'D'}: the ShapeDtypeStruct variables `init` gives for `config` (no compute)."""
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   generator, discriminator = gan.generator, gan.discriminator
   z = jnp.zeros((1, generator.z_dim), jnp.float32)
   images = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)

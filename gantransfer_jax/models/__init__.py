@@ -1,1 +1,1 @@
-"""Generators and discriminators (flax.linen); `gan.build_gan(config)` builds a family."""
+"""Generators and discriminators (flax.linen); `gan.build_family(config)` builds a family (`builder.build_gan` adds MineGAN or BSA)."""

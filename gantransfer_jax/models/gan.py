@@ -526,17 +526,9 @@ def condition_dim(config: ml_collections.ConfigDict) -> int:
   return int(config.get("num_classes", 0) or 0)
 
 
-def build_gan(config: ml_collections.ConfigDict) -> Gan:
-  """The `Gan` of `config.model` at `config.resolution`, behind MineGAN's miner when
-  `config.minegan` asks for one (`gantransfer_jax.minegan`)."""
-  from gantransfer_jax import minegan  # pylint: disable=g-import-not-at-top
-
-  gan = _build_family(config)
-  spec = minegan.spec_from_config(config)
-  return gan if spec is None else minegan.MineGan.wrap(gan, spec)
-
-
-def _build_family(config: ml_collections.ConfigDict) -> Gan:
+def build_family(config: ml_collections.ConfigDict) -> Gan:
+  """The `Gan` of `config.model` at `config.resolution`; `builder.build_gan` adds the
+  wrappers (MineGAN, BSA) a config may ask for."""
   model = config.model
   if model == "stylegan2":
     from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
@@ -588,9 +580,5 @@ def _build_family(config: ml_collections.ConfigDict) -> Gan:
     discriminator = sngan.ProjectionDiscriminator(
         resolution=config.resolution, width=cfg.d_width,
         channel_multipliers=optional(cfg.d_multipliers))
-    gan = SNGan(generator, discriminator, config, cond_dim=condition_dim(config))
-    if config.get("task") == "bsa":  # Its frozen G, adapted (gantransfer_jax.bsa).
-      from gantransfer_jax import bsa  # pylint: disable=g-import-not-at-top
-      return bsa.wrap(gan)
-    return gan
+    return SNGan(generator, discriminator, config, cond_dim=condition_dim(config))
   raise ValueError(f"unknown model {model!r}; valid: {', '.join(FAMILIES)}")

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from gantransfer_jax import builder
 from gantransfer_jax import bsa
 from gantransfer_jax import checkpoints
 from gantransfer_jax import freezing
@@ -161,7 +162,7 @@ def make_train_step(config, gan: bsa.BsaGan, tx, mesh, num_images: int,
 
 
 def build(config: ml_collections.ConfigDict, mesh, data_cache_dir: str | None = None) -> Setup:
-  gan = gan_lib.build_gan(config)
+  gan = builder.build_gan(config)
   sampler = sampler_lib.make_sampler(config, cache_dir=data_cache_dir)
   num_images = len(sampler.data["images"])
   feature_vars, features = perceptual_features(config)

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from gantransfer_jax import builder
 from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
@@ -41,7 +42,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   except ValueError as error:
     raise validation.ConfigError(f"{config.checkpoint}: {error}") from None
   mesh = parallel.create_mesh()
-  gan = gan_lib.build_gan(run_config)
+  gan = builder.build_gan(run_config)
   os.makedirs(workdir, exist_ok=True)
   cache_dir = os.path.join(workdir, "data_cache")
   evaluator = evaluation.Evaluator(

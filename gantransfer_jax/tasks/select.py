@@ -41,12 +41,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gantransfer_jax import builder
 from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
 from gantransfer_jax import validation
 from gantransfer_jax.metrics import inception
-from gantransfer_jax.models import gan as gan_lib
 
 GENERATED = "generated"
 SOURCE_DATA = "source_data"
@@ -153,7 +153,7 @@ def _generated_features(config: ml_collections.ConfigDict, candidate: Candidate,
                         run_config: ml_collections.ConfigDict, mesh, feature_fn: FeatureFn,
                         *, cache_dir: str, stats_cache_dir: str | None) -> np.ndarray:
   """Features of `num_samples` images of the candidate's EMA generator."""
-  gan = gan_lib.build_gan(candidate.config)
+  gan = builder.build_gan(candidate.config)
   if gan.resolution != run_config.resolution:
     warnings.warn(f"{candidate.path} generates {gan.resolution}px images: resized to "
                   f"the target's {run_config.resolution}px before scoring", stacklevel=3)
