@@ -59,9 +59,9 @@ from gantransfer_jax.models import gan as gan_lib
 FrozenPrefixes = gan_lib.FrozenPrefixes
 
 # Salts that separate the independent random streams derived from the config seed.
-_INIT_SALT = 0
-_TRAIN_SALT = 1
-_SAMPLE_SALT = 2
+INIT_SALT = 0
+TRAIN_SALT = 1
+SAMPLE_SALT = 2
 
 
 @flax.struct.dataclass
@@ -101,7 +101,7 @@ def init_train_state(config, gan: gan_lib.Gan, g_tx, d_tx,
 
   Optimizer state exists only for the trainable part of each network.
   """
-  key = jax.random.fold_in(jax.random.key(config.seed), _INIT_SALT)
+  key = jax.random.fold_in(jax.random.key(config.seed), INIT_SALT)
   g_vars, d_vars = gan.init(key)
   g_params, g_state = gan_lib.split_variables(g_vars)
   d_params, d_state = gan_lib.split_variables(d_vars)
@@ -176,7 +176,7 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
   bcr_spec = spec if spec.active else augment.parse("translation")
   ema_beta = losses.ema_beta(batch, config.ema_kimg)
   ema_start_step = config.get("ema_start_step", 0)
-  base_key = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_SALT)
+  base_key = jax.random.fold_in(jax.random.key(config.seed), TRAIN_SALT)
 
   def shard(tree):
     return jax.tree.map(lambda x: parallel.shard_batch(x, mesh), tree)
@@ -354,7 +354,7 @@ def regularizer_schedule(step: int, config: ml_collections.ConfigDict) -> dict[s
 
 def make_sample_fn(config, setup: Setup, mesh) -> Callable[[TrainState], jax.Array]:
   """EMA-generator samples from latents (and conditions) fixed for the whole run."""
-  key = jax.random.fold_in(jax.random.key(config.seed), _SAMPLE_SALT)
+  key = jax.random.fold_in(jax.random.key(config.seed), SAMPLE_SALT)
   k_z, k_cond, k_noise = jax.random.split(key, 3)
   z = jax.random.normal(k_z, (config.num_sample_images, setup.gan.z_dim))
   cond = jax.jit(setup.sampler.sample_cond, static_argnums=2)(
@@ -506,12 +506,12 @@ def _format_eta(seconds: float) -> str:
 def fixed_training_images(config, setup: Setup) -> np.ndarray:
   """`num_sample_images` training images drawn once (the sample salt): what the
   samples are compared with in `samples/real_vs_generated.png`."""
-  key = jax.random.fold_in(jax.random.key(config.seed), _SAMPLE_SALT)
+  key = jax.random.fold_in(jax.random.key(config.seed), SAMPLE_SALT)
   draw = jax.jit(setup.sampler.sample, static_argnums=2)
   return np.asarray(jax.device_get(draw(setup.data, key, config.num_sample_images)["images"]))
 
 
-def _save_samples(workdir: str, step: int, samples: jax.Array,
+def save_samples(workdir: str, step: int, samples: jax.Array,
                   reals: np.ndarray | None = None) -> str:
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
   if jax.process_index() == 0:
@@ -524,7 +524,7 @@ def _save_samples(workdir: str, step: int, samples: jax.Array,
   return path
 
 
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
@@ -580,7 +580,7 @@ class _PeriodicEvaluation:
     self._best.close()
 
 
-def _make_periodic_evaluation(config, setup: Setup, mesh, workdir, writer):
+def make_periodic_evaluation(config, setup: Setup, mesh, workdir, writer):
   if not config.get("eval_every"):
     return None
   return _PeriodicEvaluation(config, setup, mesh, workdir, writer)
@@ -620,7 +620,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     return _train_and_evaluate(config, workdir)
 
 
-def _check_same_experiment(config: ml_collections.ConfigDict, workdir: str,
+def check_same_experiment(config: ml_collections.ConfigDict, workdir: str,
                            checkpointer: checkpoints.Checkpointer) -> None:
   """A workdir holds one experiment: resuming it with a config that differs in more than
   run length and logging is refused, unless `config.resume_with_changed_config`."""
@@ -662,7 +662,7 @@ def _closing(*closables):
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """train_and_evaluate once the config is valid and the workdir is this run's."""
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  _check_same_experiment(config, workdir, checkpointer)  # Before anything compiles.
+  check_same_experiment(config, workdir, checkpointer)  # Before anything compiles.
   mesh = parallel.create_mesh()
   logging.info("Training on %d device(s) (%s), global batch %d.", mesh.size,
                jax.devices()[0].platform, config.batch_size)
@@ -677,25 +677,47 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
   elif config.get("init_checkpoint"):
     state = load_init_params(state, config.init_checkpoint, setup, mesh)
     logging.info("Initialised from %s.", config.init_checkpoint)
-  _write_config(workdir, config)
+  write_config(workdir, config)
 
   sample = make_sample_fn(config, setup, mesh)
   reals = fixed_training_images(config, setup)
   if int(state.step) == 0:  # Where a run starts from: random init or the checkpoint.
-    _save_samples(workdir, 0, sample(state), reals)
+    save_samples(workdir, 0, sample(state), reals)
   writer = writers.create_writer(workdir)
-  evaluate = _make_periodic_evaluation(config, setup, mesh, workdir, writer)
+  evaluate = make_periodic_evaluation(config, setup, mesh, workdir, writer)
+  return run_loop(
+      config, state, train_step=setup.train_step, data=setup.data,
+      schedule=lambda step: regularizer_schedule(step, config),
+      write_samples=lambda step, state: save_samples(workdir, step, sample(state), reals),
+      checkpointer=checkpointer, evaluate=evaluate, writer=writer)
+
+
+def run_loop(config: ml_collections.ConfigDict, state: Any, *,
+             train_step: Callable[..., tuple[Any, dict[str, jax.Array]]], data: Any,
+             write_samples: Callable[[int, Any], None],
+             checkpointer: checkpoints.Checkpointer, evaluate: "_PeriodicEvaluation | None",
+             writer: Any, schedule: Callable[[int], dict[str, bool]] = lambda step: {},
+             what: str = "the train step") -> Any:
+  """The loop every training task shares, from `state.step` to `config.total_steps`.
+
+  `train_step(state, data, **schedule(step))` is jitted (each static variant is compiled
+  on first use and left out of rates and ETAs); `state.step` counts steps. Every
+  `log_every` steps: losses, img/s, ms/step and ETA to the log and `writer`; samples every
+  `sample_every`, evaluations every `eval_every`, checkpoints every `checkpoint_every`.
+  A non-finite state is never saved (DivergenceError names the first bad leaf). SIGINT or
+  SIGTERM stops at the next step boundary with a checkpoint, so rerunning resumes; the
+  checkpointer, evaluation and writer are closed however the loop ends.
+  """
   step = int(state.step)
   start_step = step
   history: list[dict[str, jax.Array]] = []
   interval_start, interval_first_step = time.perf_counter(), step
-  compiles = progress.FirstCalls("the train step")  # Timed apart: not in rates and ETAs.
+  compiles = progress.FirstCalls(what)  # Timed apart: not in rates and ETAs.
   check_finite = _FiniteCheck(checkpointer)
 
   with _StopSignal() as stop, _closing(checkpointer, evaluate, writer):
     while step < config.total_steps and not stop.requested:
-      state, metrics = compiles.call(setup.train_step, state, setup.data,
-                                     **regularizer_schedule(step, config))
+      state, metrics = compiles.call(train_step, state, data, **schedule(step))
       step += 1
       history.append(metrics)
 
@@ -718,7 +740,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         interval_start, interval_first_step = time.perf_counter(), step
 
       if step % config.sample_every == 0:
-        _save_samples(workdir, step, sample(state), reals)
+        write_samples(step, state)
       if evaluate and step % config.eval_every == 0:
         check_finite(step, state, history, interval_first_step)  # best/ may save it.
         evaluate(step, state, stop)
@@ -734,7 +756,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
       with stop.uninterrupted():
         checkpointer.save(step, state, config)
       if step % config.sample_every:
-        _save_samples(workdir, step, sample(state), reals)
+        write_samples(step, state)
       logging.info("Saved checkpoint %d in %s.", step, checkpointer.directory)
     if evaluate and not stop.requested:
       evaluate.finish(step, state, stop)

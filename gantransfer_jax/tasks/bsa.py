@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,7 +34,6 @@ from gantransfer_jax import checkpoints
 from gantransfer_jax import freezing
 from gantransfer_jax import images as image_lib
 from gantransfer_jax import parallel
-from gantransfer_jax import progress
 from gantransfer_jax import train
 from gantransfer_jax import validation
 from gantransfer_jax import writers
@@ -121,7 +119,7 @@ def make_train_step(config, gan: bsa.BsaGan, tx, mesh, num_images: int,
   """`step(state, data) -> (state, metrics)`, jitted, donating the state; `data` holds
   the uint8 training images and the perceptual network's variables."""
   cfg, batch = config.bsa, config.batch_size
-  base_key = jax.random.fold_in(jax.random.key(config.seed), train._TRAIN_SALT)  # pylint: disable=protected-access
+  base_key = jax.random.fold_in(jax.random.key(config.seed), train.TRAIN_SALT)
 
   def loss_fn(trainable, frozen, g_state, data, images, index, key):
     k_noise, k_emd = jax.random.split(key)
@@ -191,7 +189,7 @@ def _save_panels(workdir: str, step: int, setup: Setup, state: BsaState, sample,
                  count: int) -> None:
   """Samples (`samples/step_*.png`; beside training images in real_vs_generated.png) and
   the first training images over their reconstructions (`reconstructions.png`)."""
-  train._save_samples(workdir, step, sample(state), reals)  # pylint: disable=protected-access
+  train.save_samples(workdir, step, sample(state), reals)
   if jax.process_index() == 0:
     first = sampler_lib.uint8_to_float(jnp.asarray(setup.sampler.data["images"][:count]))
     rebuilt = setup.gan.reconstruct(state.g_params, state.g_state, state.latents[:count])
@@ -200,9 +198,8 @@ def _save_panels(workdir: str, step: int, setup: Setup, state: BsaState, sample,
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> BsaState:
-  # pylint: disable=protected-access  (the training loop's helpers, reused as they are)
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  train._check_same_experiment(config, workdir, checkpointer)
+  train.check_same_experiment(config, workdir, checkpointer)
   mesh = parallel.create_mesh()
   setup = build(config, mesh, data_cache_dir=os.path.join(workdir, "data_cache"))
   state = checkpointer.restore_latest(setup.state)
@@ -213,9 +210,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> BsaState:
     logging.info("BSA over the frozen G of %s: %d latents, %d adapted layers.",
                  config.init_checkpoint, len(state.latents),
                  len(jax.tree.leaves(state.g_params[bsa.ADAPTATION])) // 2)
-  train._write_config(workdir, config)
+  train.write_config(workdir, config)
 
-  key = jax.random.fold_in(jax.random.key(config.seed), train._SAMPLE_SALT)
+  key = jax.random.fold_in(jax.random.key(config.seed), train.SAMPLE_SALT)
   eps = jax.random.normal(key, (config.num_sample_images, setup.gan.z_dim))
   sample = jax.jit(lambda s: setup.gan.sample(s.g_params, s.g_state, eps, None, None))
   reals = train.fixed_training_images(config, setup)
@@ -223,53 +220,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> BsaState:
   if int(state.step) == 0:
     _save_panels(workdir, 0, setup, state, sample, reals, count)
   writer = writers.create_writer(workdir)
-  evaluate = train._make_periodic_evaluation(config, setup, mesh, workdir, writer)
-  step = start_step = int(state.step)
-  history: list[dict[str, jax.Array]] = []
-  interval_start, interval_first_step = time.perf_counter(), step
-  compiles = progress.FirstCalls("the BSA step")
-  check_finite = train._FiniteCheck(checkpointer)
-
-  with train._StopSignal() as stop, train._closing(checkpointer, evaluate, writer):
-    while step < config.total_steps and not stop.requested:
-      state, metrics = compiles.call(setup.train_step, state, setup.data)
-      step += 1
-      history.append(metrics)
-      if step % config.log_every == 0 or step == config.total_steps:
-        check_finite(step, state, history, interval_first_step)
-        scalars = train._mean_metrics(history)
-        elapsed = max(time.perf_counter() - interval_start - compiles.take_seconds(), 1e-6)
-        steps_done = step - interval_first_step
-        scalars["perf/step_time_ms"] = 1000 * elapsed / steps_done
-        scalars["perf/img_per_sec"] = config.batch_size * steps_done / elapsed
-        scalars["perf/kimg"] = step * config.batch_size / 1000
-        writer.write_scalars(step, scalars)
-        logging.info("step %d/%d | %s | %.1f img/s | ETA %s", step, config.total_steps,
-                     " ".join(f"{k[len('loss/'):]} {v:.4f}" for k, v in scalars.items()
-                              if k.startswith("loss/")),
-                     scalars["perf/img_per_sec"],
-                     train._format_eta((config.total_steps - step) * elapsed / steps_done))
-        history = []
-        interval_start, interval_first_step = time.perf_counter(), step
-      if step % config.sample_every == 0:
-        _save_panels(workdir, step, setup, state, sample, reals, count)
-      if evaluate and step % config.eval_every == 0:
-        check_finite(step, state, history, interval_first_step)
-        evaluate(step, state, stop)
-      if step % config.checkpoint_every == 0:
-        check_finite(step, state, history, interval_first_step)
-        with stop.uninterrupted():
-          checkpointer.save(step, state, config)
-
-    if stop.requested:
-      logging.warning("Stopped at step %d; resume by running the same command again.", step)
-    if step > start_step or checkpointer.latest_step is None:
-      check_finite(step, state, history, interval_first_step)
-      with stop.uninterrupted():
-        checkpointer.save(step, state, config)
-      if step % config.sample_every:
-        _save_panels(workdir, step, setup, state, sample, reals, count)
-      logging.info("Saved checkpoint %d in %s.", step, checkpointer.directory)
-    if evaluate and not stop.requested:
-      evaluate.finish(step, state, stop)
-  return state
+  evaluate = train.make_periodic_evaluation(config, setup, mesh, workdir, writer)
+  return train.run_loop(
+      config, state, train_step=setup.train_step, data=setup.data, what="the BSA step",
+      write_samples=lambda step, state: _save_panels(workdir, step, setup, state, sample,
+                                                     reals, count),
+      checkpointer=checkpointer, evaluate=evaluate, writer=writer)
