@@ -512,7 +512,7 @@ def fixed_training_images(config, setup: Setup) -> np.ndarray:
 
 
 def save_samples(workdir: str, step: int, samples: jax.Array,
-                  reals: np.ndarray | None = None) -> str:
+                 reals: np.ndarray | None = None) -> str:
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
   if jax.process_index() == 0:
     samples = np.asarray(jax.device_get(samples))
@@ -621,7 +621,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def check_same_experiment(config: ml_collections.ConfigDict, workdir: str,
-                           checkpointer: checkpoints.Checkpointer) -> None:
+                          checkpointer: checkpoints.Checkpointer) -> None:
   """A workdir holds one experiment: resuming it with a config that differs in more than
   run length and logging is refused, unless `config.resume_with_changed_config`."""
   saved, source = checkpointer.latest_config(), "its newest checkpoint"
@@ -681,8 +681,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
 
   sample = make_sample_fn(config, setup, mesh)
   reals = fixed_training_images(config, setup)
-  if int(state.step) == 0:  # Where a run starts from: random init or the checkpoint.
-    save_samples(workdir, 0, sample(state), reals)
   writer = writers.create_writer(workdir)
   evaluate = make_periodic_evaluation(config, setup, mesh, workdir, writer)
   return run_loop(
@@ -701,8 +699,9 @@ def run_loop(config: ml_collections.ConfigDict, state: Any, *,
   """The loop every training task shares, from `state.step` to `config.total_steps`.
 
   `train_step(state, data, **schedule(step))` is jitted (each static variant is compiled
-  on first use and left out of rates and ETAs); `state.step` counts steps. Every
-  `log_every` steps: losses, img/s, ms/step and ETA to the log and `writer`; samples every
+  on first use and left out of rates and ETAs); `state.step` counts steps. A run that
+  starts at step 0 first writes samples of where it starts (random init or the
+  checkpoint). Every `log_every` steps: losses, img/s, ms/step and ETA to the log and `writer`; samples every
   `sample_every`, evaluations every `eval_every`, checkpoints every `checkpoint_every`.
   A non-finite state is never saved (DivergenceError names the first bad leaf). SIGINT or
   SIGTERM stops at the next step boundary with a checkpoint, so rerunning resumes; the
@@ -710,6 +709,8 @@ def run_loop(config: ml_collections.ConfigDict, state: Any, *,
   """
   step = int(state.step)
   start_step = step
+  if step == 0:
+    write_samples(0, state)
   history: list[dict[str, jax.Array]] = []
   interval_start, interval_first_step = time.perf_counter(), step
   compiles = progress.FirstCalls(what)  # Timed apart: not in rates and ETAs.

@@ -217,8 +217,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> BsaState:
   sample = jax.jit(lambda s: setup.gan.sample(s.g_params, s.g_state, eps, None, None))
   reals = train.fixed_training_images(config, setup)
   count = min(config.num_sample_images, len(state.latents))
-  if int(state.step) == 0:
-    _save_panels(workdir, 0, setup, state, sample, reals, count)
   writer = writers.create_writer(workdir)
   evaluate = train.make_periodic_evaluation(config, setup, mesh, workdir, writer)
   return train.run_loop(
