@@ -3,7 +3,8 @@
 Used every `config.eval_every` steps by the training loop and by the `evaluate` task.
 The reference set is the real target set when finetuning (all of it, not just the
 n-shot training subset, as the papers evaluate) and a fixed synthetic set when
-pretraining. Its Inception statistics are computed once and cached.
+pretraining. Its features are computed on first use and cached on disk. The scores are
+those of the registered metrics (gantransfer_jax.metrics.registry).
 
 Deviation: paper 004 computes precision/recall on VGG16 features; VGG16 weights are
 not available offline here, so precision/recall use the same Inception pool features
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -27,11 +28,19 @@ from gantransfer_jax import progress
 from gantransfer_jax.data import sampler as sampler_lib
 from gantransfer_jax.data import sources
 from gantransfer_jax.metrics import inception
+from gantransfer_jax.metrics import registry
 
 _EVAL_SALT = 3
 _REFERENCE_SALT = 4
 
-EVAL_KEYS = ("eval/fid", "eval/kid", "eval/kid_std", "eval/precision", "eval/recall")
+
+def eval_keys() -> tuple[str, ...]:
+  """The keys of an evaluation in metrics.jsonl: one per registered score."""
+  return tuple(f"eval/{name}" for name in registry.score_names())
+
+
+EVAL_KEYS = eval_keys()  # The built-in metrics' (eval_keys() includes any added later).
+
 
 
 def _batches(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -74,23 +83,48 @@ def reference_set(config: ml_collections.ConfigDict, cache_dir: str | None = Non
   return name, len(images), lambda: _batches(images, batch)
 
 
-class Evaluator:
-  """Generates `num_images` with fixed latents and scores them against a reference set."""
+FeatureFn = Callable[[Any], np.ndarray]
 
-  def __init__(self, config: ml_collections.ConfigDict, gan, mesh, *,
-               num_images: int, num_reference: int | None = None, k: int = 5,
-               feature_fn: Callable | None = None, cache_dir: str | None = None,
-               stats_cache_dir: str | None = None,
+
+def load_feature_fn(network: str, mesh) -> FeatureFn:
+  """images -> [N, D] features of a registered metric's feature network."""
+  if network == registry.INCEPTION:
+    return inception.load(mesh=mesh)
+  raise ValueError(f"no feature network {network!r} (registered metrics need "
+                   f"{registry.feature_networks()})")
+
+
+class ReferenceFeatures:
+  """The reference set's features per feature network, read from the statistics cache
+  or computed on first use (not on construction: a run that never evaluates, or whose
+  evaluation is abandoned, never decodes the reference set)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, num_reference: int | None = None,
+               cache_dir: str | None = None, stats_cache_dir: str | None = None):
+    self._config, self._num_reference = config, num_reference
+    self._cache_dir, self._stats_cache_dir = cache_dir, stats_cache_dir
+    self._stats: dict[str, inception.ReferenceStats] = {}
+
+  def __call__(self, network: str, feature_fn: FeatureFn) -> inception.ReferenceStats:
+    if network not in self._stats:
+      name, count, batches = reference_set(self._config, self._cache_dir, self._num_reference)
+      if network != registry.INCEPTION:  # Inception's keys are those of files cached before.
+        name = f"{network}-{name}"
+      self._stats[network] = inception.reference_stats(
+          name, batches, resolution=self._config.resolution, num_images=count,
+          feature_fn=feature_fn, cache_dir=self._stats_cache_dir)
+    return self._stats[network]
+
+
+class GeneratedFeatures:
+  """Features of `num_images` images of a generator, drawn from fixed latents (the same
+  ones for every call, and for generators of equal z_dim and config seed)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, gan, mesh, *, num_images: int,
                sample_cond: Callable[[jax.Array, int], Any] | None = None):
     """`gan` is a `gantransfer_jax.models.gan.Gan`; a conditional one needs
     `sample_cond(key, n)`, which draws the conditions (e.g. the training priors)."""
     self.num_images = num_images
-    self.k = k
-    self.feature_fn = feature_fn or inception.load(mesh=mesh)
-    name, ref_count, ref_batches = reference_set(config, cache_dir, num_reference)
-    self.reference = inception.reference_stats(
-        name, ref_batches, resolution=config.resolution, num_images=ref_count,
-        feature_fn=self.feature_fn, cache_dir=stats_cache_dir)
     batch = min(64, -(-num_images // mesh.size) * mesh.size)
     self._batch = -(-batch // mesh.size) * mesh.size
     key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_SALT)
@@ -109,28 +143,78 @@ class Evaluator:
 
     self._generate = generate
 
-  def generated_features(self, params: Any, state: Any,
-                         should_stop: Callable[[], bool] | None = None) -> np.ndarray | None:
-    """Features of the generated images; None (abandoned) once `should_stop()` is true
-    between batches: a preempted run must stop within its grace period."""
-    features = []
+  def __call__(self, params: Any, state: Any, feature_fns: Mapping[str, FeatureFn],
+               should_stop: Callable[[], bool] | None = None) -> dict[str, np.ndarray] | None:
+    """{network: features} of the generated images, each image generated once; None
+    (abandoned) once `should_stop()` is true between batches: a preempted run must stop
+    within its grace period."""
+    features = {network: [] for network in feature_fns}
     with progress.Counter("generating and scoring images", self.num_images) as counter:
       for i, (z, cond) in enumerate(zip(self._latents, self._conds)):
         if should_stop is not None and should_stop():
           return None
         images = self._generate(params, state, z, cond,
                                 jax.random.fold_in(self._noise_key, i))
-        features.append(np.asarray(self.feature_fn(images)))  # Blocks: honest rates.
+        for network, feature_fn in feature_fns.items():
+          features[network].append(np.asarray(feature_fn(images)))  # Blocks: honest rates.
         counter.update(min(len(z), self.num_images - counter.done))
-    return np.concatenate(features)[:self.num_images]
+    return {network: np.concatenate(chunks)[:self.num_images]
+            for network, chunks in features.items()}
+
+
+class Evaluator:
+  """Generates `num_images` with fixed latents and scores them against a reference set
+  with every registered metric (gantransfer_jax.metrics.registry)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, gan, mesh, *,
+               num_images: int, num_reference: int | None = None, k: int = 5,
+               feature_fn: FeatureFn | None = None, cache_dir: str | None = None,
+               stats_cache_dir: str | None = None,
+               sample_cond: Callable[[jax.Array, int], Any] | None = None):
+    """`feature_fn` replaces Inception's features (tests); see GeneratedFeatures for
+    `gan` and `sample_cond`."""
+    self.num_images = num_images
+    self.k = k
+    self._mesh = mesh
+    self._feature_fns = {} if feature_fn is None else {registry.INCEPTION: feature_fn}
+    self._reference = ReferenceFeatures(config, num_reference=num_reference,
+                                        cache_dir=cache_dir, stats_cache_dir=stats_cache_dir)
+    self._generated = GeneratedFeatures(config, gan, mesh, num_images=num_images,
+                                        sample_cond=sample_cond)
+
+  def feature_fns(self, networks: Sequence[str] | None = None) -> dict[str, FeatureFn]:
+    """{network: feature_fn} of `networks` (default: those the metrics need), loaded once."""
+    networks = registry.feature_networks() if networks is None else networks
+    for network in networks:
+      if network not in self._feature_fns:
+        self._feature_fns[network] = load_feature_fn(network, self._mesh)
+    return {network: self._feature_fns[network] for network in networks}
+
+  @property
+  def reference(self) -> inception.ReferenceStats:
+    """The reference set's Inception features and statistics (computed on first use)."""
+    (feature_fn,) = self.feature_fns([registry.INCEPTION]).values()
+    return self._reference(registry.INCEPTION, feature_fn)
+
+  def generated_features(self, params: Any, state: Any,
+                         should_stop: Callable[[], bool] | None = None) -> np.ndarray | None:
+    """Inception features of the generated images; None if abandoned (see __call__)."""
+    features = self._generated(params, state, self.feature_fns([registry.INCEPTION]),
+                               should_stop)
+    return None if features is None else features[registry.INCEPTION]
 
   def __call__(self, params: Any, state: Any,
                should_stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
-    fake = self.generated_features(params, state, should_stop)
-    if fake is None:
+    """{'eval/<score>': value} of every registered score; None once `should_stop()` is
+    true between batches."""
+    feature_fns = self.feature_fns()
+    fake = self._generated(params, state, feature_fns, should_stop)
+    if fake is None:  # Before the reference set: an abandoned evaluation does no more.
       return None
+    real = {network: self._reference(network, fn).features
+            for network, fn in feature_fns.items()}
     return {f"eval/{name}": value
-            for name, value in scores(self.reference, fake, self.k).items()}
+            for name, value in registry.compute(real, fake, k=self.k).items()}
 
 
 def condition_sampler(train_config: ml_collections.ConfigDict, gan,
@@ -145,13 +229,10 @@ def condition_sampler(train_config: ml_collections.ConfigDict, gan,
 
 def scores(reference: inception.ReferenceStats, features: np.ndarray,
            k: int = 5) -> dict[str, float]:
-  """FID, KID (mean, std over subsets), precision and recall of `features` vs a reference."""
-  kid, kid_std = metrics.kid_from_features(reference.features, features)
-  precision, recall = metrics.precision_recall(reference.features, features, k=k)
-  # From the features, not the cached statistics: exact for few-shot targets, whose
-  # covariance is singular.
-  fid = metrics.fid_from_features(reference.features, features)
-  return {"fid": fid, "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall}
+  """Every registered score of Inception `features` vs a reference (metrics on another
+  feature network need `registry.compute`)."""
+  return registry.compute({registry.INCEPTION: reference.features},
+                          {registry.INCEPTION: features}, k=k)
 
 
 def convergence_from_history(records: list[dict[str, Any]]) -> float | None:

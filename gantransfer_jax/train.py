@@ -54,6 +54,7 @@ from gantransfer_jax import progress
 from gantransfer_jax import validation
 from gantransfer_jax import writers
 from gantransfer_jax.data import sampler as sampler_lib
+from gantransfer_jax.metrics import registry
 from gantransfer_jax.models import gan as gan_lib
 
 FrozenPrefixes = gan_lib.FrozenPrefixes
@@ -555,9 +556,9 @@ class _PeriodicEvaluation:
     scores["perf/kimg"] = step * self._config.batch_size / 1000
     scores["perf/eval_seconds"] = time.perf_counter() - start
     self._writer.write_scalars(step, scores)
-    logging.info("eval at step %d: FID %.2f, KID %.4f, precision %.3f, recall %.3f", step,
-                 scores["eval/fid"], scores["eval/kid"], scores["eval/precision"],
-                 scores["eval/recall"])
+    logging.info("eval at step %d: %s", step, ", ".join(
+        f"{score.display} {scores[f'eval/{score.name}']:{score.log_format}}"
+        for score in registry.headline_scores()))
     if scores["eval/fid"] < self._best_fid:
       self._best_fid = scores["eval/fid"]
       with stop.uninterrupted() if stop is not None else contextlib.nullcontext():

@@ -14,7 +14,7 @@ import sweep  # launch/sweep.py: this script's folder is first on sys.path.
 
 def main(workdirs: list[str]) -> None:
   rows = [sweep.summarize(w) for w in workdirs]
-  print(sweep.markdown_table(rows, sweep.RUN_COLUMNS))
+  print(sweep.markdown_table(rows, sweep.run_columns()))
   missing = [row["run"] for row in rows if row["fid"] is None]
   if missing:
     print(f"\nNo evaluation in {', '.join(missing)}: train with --config.eval_every=N.")

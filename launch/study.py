@@ -166,7 +166,7 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   flat = []
   for group in sweep.group_over_seeds(rows):
     row = {k: group[k] for k in (*sweep.GROUP_KEYS, "seeds")}
-    for metric in sweep.GROUP_METRICS:
+    for metric in sweep.metric_columns():
       mean, std = group[metric] if group[metric] is not None else (None, None)
       row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
     flat.append(row)
@@ -239,7 +239,7 @@ def write_outputs(out: str, root: str, runs_by_method: dict[str, list], pretrain
       "Wall time of the last invocation (finished work is skipped on a rerun): " + ", ".join(
           f"{k} {sweep._duration(v)}" for k, v in timings.items()) + ".",  # pylint: disable=protected-access
       "## Mean ± std over seeds", sweep.markdown_table(
-          sweep.group_over_seeds(rows), (*sweep.GROUP_KEYS, "seeds", *sweep.GROUP_METRICS)),
+          sweep.group_over_seeds(rows), (*sweep.GROUP_KEYS, "seeds", *sweep.metric_columns())),
       f"Per-run table: [results.md](results.md); figure: [{FIGURE}]({FIGURE}).",
       "## Throughput (means over each run's log and evaluation records)",
       "\n".join(throughput),

@@ -63,6 +63,7 @@ import numpy as np
 from gantransfer_jax import checkpoints
 from gantransfer_jax import config_files
 from gantransfer_jax import plot
+from gantransfer_jax.metrics import registry
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(_REPO, "configs", "finetune.py")
@@ -72,10 +73,30 @@ RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 _TAIL_LINES = 20
 
-RUN_COLUMNS = ("run", "status", "method", "init", "dataset", "shots", "seed", "kimg", "fid",
-               "best_fid", "convergence_kimg", "kid", "precision", "recall")
+RUN_KEYS = ("run", "status", "method", "init", "dataset", "shots", "seed", "kimg")
 GROUP_KEYS = ("method", "init", "dataset", "shots")
-GROUP_METRICS = ("fid", "best_fid", "convergence_kimg", "kid", "precision", "recall")
+# Of the primary score (FID) over the whole run, beside its final value.
+PRIMARY_COLUMNS = (f"best_{registry.PRIMARY}", "convergence_kimg")
+
+
+def metric_columns() -> tuple[str, ...]:
+  """The registered headline scores (the last evaluation's), FID's best value and
+  convergence point right after FID."""
+  columns = []
+  for score in registry.headline_scores():
+    columns.append(score.name)
+    if score.name == registry.PRIMARY:
+      columns.extend(PRIMARY_COLUMNS)
+  return tuple(columns)
+
+
+def run_columns() -> tuple[str, ...]:
+  return RUN_KEYS + metric_columns()
+
+
+# The built-in metrics' columns (metric_columns() includes metrics registered later).
+RUN_COLUMNS = run_columns()
+GROUP_METRICS = metric_columns()
 
 
 def dataset_slug(source: str) -> str:
@@ -305,7 +326,7 @@ def summarize(workdir: str, defaults: dict[str, Any] | None = None) -> dict[str,
   Metrics are None (and `status` says why) when the run has no evaluations; grid
   fields missing from its config.json (a run that never started) come from `defaults`.
   """
-  row = dict.fromkeys(RUN_COLUMNS)
+  row = dict.fromkeys(run_columns())
   row.update(defaults or {})
   row["run"] = os.path.basename(os.path.normpath(workdir))
   if not os.path.isdir(workdir):
@@ -325,9 +346,10 @@ def summarize(workdir: str, defaults: dict[str, Any] | None = None) -> dict[str,
   row["status"] = "finished" if finished else "unfinished"
   kimg, fid = history.curve("eval/fid")
   final = next(r for r in reversed(history.records) if r.get("eval/fid") is not None)
+  row.update({score.name: final.get(f"eval/{score.name}")
+              for score in registry.headline_scores()})
   row.update(kimg=float(kimg[-1]), fid=float(fid[-1]), best_fid=float(np.min(fid)),
-             convergence_kimg=history.convergence_kimg, kid=final.get("eval/kid"),
-             precision=final.get("eval/precision"), recall=final.get("eval/recall"))
+             convergence_kimg=history.convergence_kimg)
   return row
 
 
@@ -341,7 +363,7 @@ def group_over_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   for key, members in groups.items():
     entry = dict(zip(GROUP_KEYS, key))
     entry["seeds"] = len(members)
-    for metric in GROUP_METRICS:
+    for metric in metric_columns():
       values = np.asarray([m[metric] for m in members if m[metric] is not None], np.float64)
       if not len(values):
         entry[metric] = None
@@ -373,22 +395,24 @@ def write_results(root: str, rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
   os.makedirs(root, exist_ok=True)
   csv_path, md_path = os.path.join(root, RESULTS_CSV), os.path.join(root, RESULTS_MD)
   with open(csv_path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, RUN_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(f, run_columns(), extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
   missing = [row["run"] for row in rows if row.get("fid") is None]
   parts = [
       "## Runs",
-      "kimg, fid, kid, precision, recall: the last evaluation; best_fid: the lowest; "
+      ", ".join(("kimg",) + tuple(score.name for score in registry.headline_scores()))
+      + ": the last evaluation; best_fid: the lowest; "
       "convergence_kimg: kimg at which FID first came within 5% of its best.",
-      markdown_table(rows, RUN_COLUMNS),
+      markdown_table(rows, run_columns()),
       "## Mean ± std over seeds",
       "Sample standard deviation (0 with one seed); runs without evaluations left out.",
-      markdown_table(group_over_seeds(rows), GROUP_KEYS + ("seeds",) + GROUP_METRICS),
+      markdown_table(group_over_seeds(rows), GROUP_KEYS + ("seeds",) + metric_columns()),
   ]
   if missing:
     parts.append(f"No evaluation (yet) in: {', '.join(missing)}. Train with "
-                 "--config.eval_every=N to record FID/KID/precision/recall.")
+                 "--config.eval_every=N to record "
+                 + "/".join(score.display for score in registry.headline_scores()) + ".")
   with open(md_path, "w", encoding="utf-8") as f:
     f.write("\n\n".join(parts) + "\n")
   return csv_path, md_path

@@ -1,4 +1,5 @@
-"""The `evaluate` task: FID, KID and precision/recall of a saved generator."""
+"""The `evaluate` task: the registered metrics (FID, KID, precision/recall) of a saved
+generator, in WORKDIR/report.json."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
 from gantransfer_jax import validation
+from gantransfer_jax.metrics import registry
 from gantransfer_jax.models import gan as gan_lib
 
 
@@ -57,11 +59,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = {
       "checkpoint": os.path.abspath(config.checkpoint),
       "data": run_config.data.source,
-      "fid": scores["eval/fid"],
-      "kid": scores["eval/kid"],
-      "kid_std": scores["eval/kid_std"],
-      "precision": scores["eval/precision"],
-      "recall": scores["eval/recall"],
+      **{name: scores[f"eval/{name}"] for name in registry.score_names()},
       "k": config.k,
       "num_generated": config.num_samples,
       "num_reference": int(len(evaluator.reference.features)),

@@ -46,7 +46,7 @@ from gantransfer_jax import checkpoints
 from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
 from gantransfer_jax import validation
-from gantransfer_jax.metrics import inception
+from gantransfer_jax.metrics import registry
 
 GENERATED = "generated"
 SOURCE_DATA = "source_data"
@@ -129,13 +129,14 @@ def _scoring_config(config: ml_collections.ConfigDict, candidate: Candidate,
 
 
 def _dataset_features(run_config: ml_collections.ConfigDict, num_images: int,
-                      feature_fn: FeatureFn, *, cache_dir: str,
-                      stats_cache_dir: str | None) -> inception.ReferenceStats:
-  """Features (and statistics) of `run_config.data`, cached like evaluation references."""
-  name, count, batches = evaluation.reference_set(run_config, cache_dir, num_images or None)
-  return inception.reference_stats(name, batches, resolution=run_config.resolution,
-                                   num_images=count, feature_fn=feature_fn,
-                                   cache_dir=stats_cache_dir)
+                      feature_fns: Mapping[str, FeatureFn], *, cache_dir: str,
+                      stats_cache_dir: str | None) -> dict[str, np.ndarray]:
+  """{network: features} of `run_config.data`, cached like evaluation references."""
+  reference = evaluation.ReferenceFeatures(run_config, num_reference=num_images or None,
+                                           cache_dir=cache_dir,
+                                           stats_cache_dir=stats_cache_dir)
+  return {network: reference(network, feature_fn).features
+          for network, feature_fn in feature_fns.items()}
 
 
 def _resized(feature_fn: FeatureFn, resolution: int) -> FeatureFn:
@@ -150,25 +151,26 @@ def _resized(feature_fn: FeatureFn, resolution: int) -> FeatureFn:
 
 
 def _generated_features(config: ml_collections.ConfigDict, candidate: Candidate,
-                        run_config: ml_collections.ConfigDict, mesh, feature_fn: FeatureFn,
-                        *, cache_dir: str, stats_cache_dir: str | None) -> np.ndarray:
-  """Features of `num_samples` images of the candidate's EMA generator."""
+                        run_config: ml_collections.ConfigDict, mesh,
+                        feature_fns: Mapping[str, FeatureFn], *,
+                        cache_dir: str) -> dict[str, np.ndarray]:
+  """{network: features} of `num_samples` images of the candidate's EMA generator (no
+  reference set: the target's features are computed once for all candidates)."""
   gan = builder.build_gan(candidate.config)
   if gan.resolution != run_config.resolution:
     warnings.warn(f"{candidate.path} generates {gan.resolution}px images: resized to "
                   f"the target's {run_config.resolution}px before scoring", stacklevel=3)
-    feature_fn = _resized(feature_fn, run_config.resolution)
-  evaluator = evaluation.Evaluator(
+    feature_fns = {network: _resized(feature_fn, run_config.resolution)
+                   for network, feature_fn in feature_fns.items()}
+  generated = evaluation.GeneratedFeatures(
       run_config, gan, mesh, num_images=config.num_samples,
-      num_reference=config.num_reference or None, feature_fn=feature_fn,
-      cache_dir=cache_dir, stats_cache_dir=stats_cache_dir,
       sample_cond=evaluation.condition_sampler(candidate.config, gan, cache_dir))
   _, params = checkpoints.restore_params(candidate.path)
   # Via the host: a mesh over several processes takes no array committed to one device.
   variables = jax.device_put(
       jax.device_get((params["generator_ema"], params["generator_state"])),
       parallel.replicated(mesh))
-  return evaluator.generated_features(*variables)
+  return generated(*variables, feature_fns)
 
 
 # ---- The task ---------------------------------------------------------------------------
@@ -212,11 +214,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   cache_dirs = {"cache_dir": os.path.join(workdir, "data_cache"),
                 "stats_cache_dir": None if feature_fn is None
                                    else os.path.join(workdir, "feature_cache")}
-  feature_fn = feature_fn or inception.load(mesh=mesh)
+  feature_fns = ({registry.INCEPTION: feature_fn} if feature_fn is not None else
+                 {network: evaluation.load_feature_fn(network, mesh)
+                  for network in registry.feature_networks()})
 
   target_data = _data_config(config.data.source, candidates[0].config)
   target = _dataset_features(_scoring_config(config, candidates[0], target_data, resolution),
-                             config.num_reference, feature_fn, **cache_dirs)
+                             config.num_reference, feature_fns, **cache_dirs)
   rows = []
   for candidate in candidates:
     logging.info("Scoring %s (%s).", candidate.path, candidate.regime)
@@ -224,15 +228,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       source_data = _data_config(candidate.source_data, candidate.config)
       features = _dataset_features(
           _scoring_config(config, candidate, source_data, resolution),
-          config.num_source_images, feature_fn, **cache_dirs).features
+          config.num_source_images, feature_fns, **cache_dirs)
     else:
       features = _generated_features(
           config, candidate, _scoring_config(config, candidate, target_data, resolution),
-          mesh, feature_fn, **cache_dirs)
+          mesh, feature_fns, cache_dir=cache_dirs["cache_dir"])
     rows.append({"candidate": candidate.path, "regime": candidate.regime,
                  "source_data": candidate.source_data or None,
                  "resolution": candidate.config.resolution,
-                 "num_images": len(features), **evaluation.scores(target, features, config.k)})
+                 "num_images": len(next(iter(features.values()))),
+                 **registry.compute(target, features, k=config.k)})
 
   order = rank(rows, config.recall_tolerance)
   for position, index in enumerate(order, start=1):
@@ -240,7 +245,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   report = {
       "target": config.data.source,
       "resolution": resolution,
-      "num_reference": len(target.features),
+      "num_reference": len(next(iter(target.values()))),
       "num_samples": config.num_samples,
       "k": config.k,
       "truncation_psi": config.truncation_psi,
