@@ -123,7 +123,7 @@ def test_truncation_is_set_only_where_the_family_samples_with_it():
 
 # What the issue's grep looks for, and the other ways of testing a family's name.
 _FAMILY_NAME_TESTS = re.compile(
-    r"""model ==|model !=|model (not )?in\b|"stylegan2" in|hasattr\(gan""")
+    r"""model (==|!=)|model (not )?in [(\[{]|"stylegan2" in|hasattr\(gan""")
 
 
 def family_name_tests(package: pathlib.Path = PACKAGE) -> list[str]:
@@ -142,8 +142,11 @@ def family_name_tests(package: pathlib.Path = PACKAGE) -> list[str]:
 def test_the_scan_finds_a_family_name_test(tmp_path):
   (tmp_path / "models").mkdir()
   (tmp_path / "models" / "gan.py").write_text('if config.model == "stylegan2":\n  pass\n')
-  (tmp_path / "task.py").write_text('x = 1\nif "stylegan2" in run:\n  pass\n')
-  assert family_name_tests(tmp_path) == ['task.py:2: if "stylegan2" in run:']
+  (tmp_path / "task.py").write_text('x = 1\nif "stylegan2" in run:\n  pass\n'
+                                   '# for a model in the registry\n'
+                                   'ok = model not in ("resnet", "adafm")\n')
+  assert family_name_tests(tmp_path) == ['task.py:2: if "stylegan2" in run:',
+                                         'task.py:5: ok = model not in ("resnet", "adafm")']
 
 
 def test_generic_code_names_no_family():
