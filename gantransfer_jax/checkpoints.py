@@ -414,11 +414,9 @@ def restore_params(path: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]
 
 
 # Fields that fix parameter shapes: a finetune must match the checkpoint on these.
+# A finetune's model may differ from its source's by design where its family says it
+# starts from the source's (`Family.transfers_from`: AdaFM around a ResNet GAN's G).
 _ARCHITECTURE_FIELDS = ("model", "resolution", "num_classes")
-_MODEL_SECTIONS = ("stylegan2", "resnet", "sngan")
-# (finetuned model, source model) pairs that differ by design: AdaFM builds its
-# generator around a pretrained ResNet GAN's general part.
-_COMPATIBLE_MODELS = {("adafm", "resnet")}
 # Change no transferred parameter shape (new class embeddings start fresh: models.gan).
 # Fields that fix no parameter shape: a finetune may choose its own (e.g. bfloat16 and
 # rematerialisation on a TPU for a checkpoint pretrained in float32 on a GPU).
@@ -433,13 +431,16 @@ def inherit_model_config(config: ml_collections.ConfigDict,
   Fields the user did set must agree with the checkpoint on everything that fixes a
   parameter shape; a mismatch is a ValueError naming both values.
   """
+  # Here: the registry imports the model code, which reading checkpoints does not need.
+  from gantransfer_jax.models import families  # pylint: disable=g-import-not-at-top
+
   saved = restore_raw_config(path)
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; caller's is untouched.
   problems = []
 
   def reconcile(section, key, saved_value, qualified):
     value = section.get(key)
-    if key == "model" and (value, saved_value) in _COMPATIBLE_MODELS:
+    if key == "model" and families.can_start_from(value, saved_value):
       return
     if value is None:
       section[key] = saved_value
@@ -449,8 +450,9 @@ def inherit_model_config(config: ml_collections.ConfigDict,
   for key in _ARCHITECTURE_FIELDS:
     if key in saved:
       reconcile(config, key, saved[key], key)
-  name = saved.get("model")  # Only the source family's section fixes shapes.
-  if name in _MODEL_SECTIONS and name in saved:
+  source = families.lookup(saved.get("model"))  # Only the source's section fixes shapes.
+  name = source.config_section if source and source.inherit_section else None
+  if name and name in saved:
     if config.get(name) is None:
       config[name] = ml_collections.ConfigDict()
     for key, saved_value in saved[name].items():

@@ -49,6 +49,7 @@ import ml_collections
 import optax
 
 from gantransfer_jax import adafm
+from gantransfer_jax.models import families
 from gantransfer_jax.models import gan as gan_lib
 
 Array = jax.Array
@@ -59,7 +60,6 @@ MINER = "miner"
 _GENERATOR = "generator"
 # Folded into the init key for the miner, so that G and D initialise as without MineGAN.
 _MINER_INIT_SALT = 7919
-MODELS = ("stylegan2", "resnet")
 
 
 class Miner(nn.Module):
@@ -110,12 +110,15 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   layers = section.get("num_layers")
   if not isinstance(layers, int) or layers < 1:
     problems.append(f"minegan.num_layers must be an integer >= 1, got {layers!r}")
-  if config.model not in MODELS:
-    problems.append(f"MineGAN supports models {', '.join(MODELS)}, not {config.model!r}")
+  family = families.lookup(config.model)
+  if family is None or not family.supports_minegan:
+    supported = [name for name in families.names() if families.get(name).supports_minegan]
+    problems.append(f"MineGAN supports models {', '.join(supported)}, not {config.model!r}")
   if (config.get("dip") or {}).get("prior") or config.get("num_classes"):
     problems.append("MineGAN needs an unconditional model: unset dip.prior / num_classes "
                     "(DIP's samplers would bypass the miner)")
-  if config.model == "stylegan2" and config.loss.get("style_mixing_prob", 0.0) > 0:
+  if (family is not None and family.mixes_styles_in_training
+      and config.loss.get("style_mixing_prob", 0.0) > 0):
     problems.append("MineGAN trains without style mixing (its second latent would bypass "
                     "the miner): set --config.loss.style_mixing_prob=0")
   return problems
@@ -145,10 +148,6 @@ class MineGan(gan_lib.Gan):
   @property
   def miner(self) -> Miner:
     return Miner(num_layers=self.spec.num_layers)
-
-  @property
-  def supports_path_length(self) -> bool:
-    return self.base.supports_path_length
 
   def mine(self, g_params: Params, z: Array) -> Array:
     """M(z) with the miner of `g_params`."""

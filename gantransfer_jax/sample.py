@@ -44,6 +44,7 @@ from gantransfer_jax import errors
 from gantransfer_jax import images as image_lib
 from gantransfer_jax import progress
 from gantransfer_jax.data import sampler as sampler_lib
+from gantransfer_jax.models import families
 from gantransfer_jax.models import gan as gan_lib
 
 EDITS = ("cutmix", "cutout", "greyscale")
@@ -198,8 +199,9 @@ def write_samples(checkpoint: str, out: str, *, num: int = 16, seed: int = 0,
   if (edits or sketch or num_invert) and not model.is_dip:
     raise ValueError("--edits, --sketch and --invert need a DIP checkpoint (dip.prior set); "
                      f"{checkpoint} is a {model.config.model!r} run without priors")
-  if mix and not hasattr(model.gan, "sample_mixed"):
-    raise ValueError(f"--mix needs a style-based generator (stylegan2 or adafm), not "
+  if mix and not families.get(model.config.model).supports_style_mixing:
+    style_based = [name for name in families.names() if families.get(name).supports_style_mixing]
+    raise ValueError(f"--mix needs a style-based generator ({' or '.join(style_based)}), not "
                      f"{model.config.model!r}")
   key = jax.random.key(seed)
   k_samples, k_mix, k_dip = jax.random.split(key, 3)

@@ -12,13 +12,9 @@ import ml_collections
 
 from gantransfer_jax import builder
 from gantransfer_jax import errors
+from gantransfer_jax.models import families
 
-MODELS = ("stylegan2", "resnet", "adafm", "sngan")
-CONDITIONAL_MODELS = ("sngan", "stylegan2")
 LOSSES = ("nonsaturating", "hinge", "wasserstein")
-ADAFM_KINDS = ("adafm", "fs", "none")
-# Checkpoint families a transfer of `init_model` accepts (an AdaFM run is a ResNet GAN).
-_FAMILY = {"adafm": "resnet"}
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -85,31 +81,26 @@ def _check_eval(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _check_model(config: ml_collections.ConfigDict) -> list[str]:
-  """Checks that need the model family: its section, conditioning, freezing."""
+  """Checks that need the model family (a registered one): its section, its own checks,
+  path length, conditioning, freezing."""
   from gantransfer_jax.models import gan as gan_lib  # pylint: disable=g-import-not-at-top
 
+  family = families.get(config.model)
   problems = []
-  section = "resnet" if config.model == "adafm" else config.model
-  if config.get(section) is None:
-    problems.append(f"model {config.model!r} needs a config.{section} section")
-  if config.model == "adafm":
-    adafm = config.get("adafm")
-    if adafm is None or adafm.get("kind") not in ADAFM_KINDS:
-      problems.append(f"model 'adafm' needs config.adafm.kind in {', '.join(ADAFM_KINDS)}")
-    elif adafm.warmup_steps < 0:
-      problems.append(f"adafm.warmup_steps must be >= 0, got {adafm.warmup_steps}")
-  if config.model != "stylegan2" and config.loss.pl_weight > 0:
+  if config.get(family.config_section) is None:
+    problems.append(f"model {config.model!r} needs a config.{family.config_section} section")
+  problems += family.problems(config)
+  if not family.supports_path_length and config.loss.pl_weight > 0:
     problems.append(f"path-length regularisation is StyleGAN2's; set loss.pl_weight=0 for "
                     f"model {config.model!r}")
-  if config.model in ("resnet", "adafm") and config.get("freeze_d"):
-    problems.append("for the ResNet GANs freeze D's groups with adafm.general_d, not freeze_d")
   try:
     cond_dim = gan_lib.condition_dim(config)
   except ValueError as e:
     return problems + [str(e)]
-  if cond_dim and config.model not in CONDITIONAL_MODELS:
+  if cond_dim and not family.conditional:
+    conditional = sorted(name for name in families.names() if families.get(name).conditional)
     problems.append(f"conditioning (dip.prior or num_classes) needs model "
-                    f"{' or '.join(map(repr, CONDITIONAL_MODELS))}, not {config.model!r}")
+                    f"{' or '.join(map(repr, conditional))}, not {config.model!r}")
   if problems:
     return problems
   try:
@@ -151,7 +142,7 @@ def check_init_checkpoint(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
   expected, path = config.get("init_model"), config.init_checkpoint
   saved = checkpoints.restore_raw_config(path).get("model")
-  if expected and _FAMILY.get(saved, saved) != expected:
+  if expected and not families.serves_as(saved, expected):
     raise ConfigError(
         f"preset {config.get('method')!r} transfers from a {expected} checkpoint, but "
         f"{path} holds a {saved!r} model: pick a finetune preset for {saved!r} models "
@@ -167,7 +158,8 @@ def check_bsa_source(config: ml_collections.ConfigDict) -> None:
   path = config.get("init_checkpoint")
   if path and not problems:
     saved = checkpoints.restore_raw_config(path)
-    if saved.get("model") != "sngan":
+    source = families.lookup(saved.get("model"))
+    if source is None or not source.has_generator_batch_stats:
       problems.append(
           f"BSA adapts the generator's batch-norm statistics, and {path} holds a "
           f"{saved.get('model')!r} model, which has none: start it from an SNGAN "
@@ -200,8 +192,9 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
   if config.task in ("finetune", "bsa") and not config.data.get("source"):
     problems.append("finetuning needs a target data set: set --config.data.source="
                     "folder:/my/images (or npz:PATH, tfds:NAME[:SPLIT], orl_faces)")
-  if config.model not in MODELS:
-    problems.append(f"model {config.model!r} is unknown; valid: {', '.join(MODELS)}")
+  family = families.lookup(config.model)
+  if family is None:
+    problems.append(f"model {config.model!r} is unknown; valid: {', '.join(families.names())}")
   if not _is_power_of_two(config.resolution) or not 16 <= config.resolution <= 1024:
     problems.append(
         f"resolution must be a power of two between 16 and 1024, got {config.resolution!r}")
@@ -209,11 +202,11 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
     problems.append(
         f"batch_size {config.batch_size} must be a positive multiple of the number of "
         f"devices ({num_devices})")
-  group = config.stylegan2.mbstd_group_size if config.model == "stylegan2" else 0
+  group = family.minibatch_std_group(config) if family else 0
   if group and config.batch_size % min(group, config.batch_size):
     problems.append(
         f"batch_size {config.batch_size} must be divisible by the minibatch-stddev group "
-        f"size {group} (config.stylegan2.mbstd_group_size)")
+        f"size {group} (config.{family.config_section}.mbstd_group_size)")
   for field in ("total_steps", "log_every", "sample_every", "checkpoint_every"):
     if config[field] <= 0:
       problems.append(f"{field} must be positive, got {config[field]}")

@@ -137,11 +137,13 @@ def load_modulation(path: str, *, ema: bool = False) -> tuple[dict[str, Any],
   """
   # Imported here: only loading needs Orbax and the checkpoint layout.
   from gantransfer_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from gantransfer_jax.models import families  # pylint: disable=g-import-not-at-top
 
   config = checkpoints.restore_raw_config(path)
   model = config.get("model")
   kind = (config.get("adafm") or {}).get("kind")
-  if model != "adafm" or kind not in ("adafm", "fs"):
+  family = families.lookup(model)
+  if family is None or not family.has_modulation(config):
     raise NoModulationError(
         f"{path} holds no AdaFM modulation: it is a model {model!r} run with adafm.kind "
         f"{kind!r} (SmallHead and GPHead runs, kind 'none' or model 'resnet', have none; "

@@ -1,1 +1,1 @@
-"""Generators and discriminators (flax.linen); `gan.build_family(config)` builds a family (`builder.build_gan` adds MineGAN or BSA)."""
+"""Generators and discriminators (flax.linen); `families.get(config.model).build(config)` builds a family (`builder.build_gan` adds MineGAN or BSA)."""

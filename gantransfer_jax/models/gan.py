@@ -19,6 +19,8 @@ conditional `sngan` and `stylegan2` ones: a data instance prior C(x) (DIP) or a 
 class label (conditional CIFAR track). An unconditional `sngan` (cond_dim 0) sees a
 constant zero condition, which makes its projection term vanish: the plain SNGAN
 baseline of paper 003.
+
+`models.families` builds each family's `Gan` and says what the family supports.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ Params = Any
 State = dict[str, Any]
 Prefix = tuple[str, ...]
 
-FAMILIES = ("stylegan2", "resnet", "adafm", "sngan")
 # Parameter names of the condition embeddings G_emb and D_emb (DIP, class labels).
 G_EMBEDDING = "g_emb"
 D_EMBEDDING = "d_emb"
@@ -74,8 +75,6 @@ class Gan:
   discriminator: Any
   config: ml_collections.ConfigDict
   cond_dim: int = 0
-
-  supports_path_length = False
 
   @property
   def z_dim(self) -> int:
@@ -147,8 +146,6 @@ class StyleGAN2Gan(Gan):
   and D's projection term take the condition; style mixing keeps each sample's
   condition for its second latent, as StyleGAN2-ADA's conditional loss does.
   """
-
-  supports_path_length = True
 
   def _cond(self, cond: Array | None) -> Array | None:
     if self.cond_dim and cond is None:
@@ -524,61 +521,3 @@ def condition_dim(config: ml_collections.ConfigDict) -> int:
       raise ValueError(f"dip.prior {prior!r} is unknown; valid: {sorted(priors.FEATURE_DIMS)}")
     return priors.FEATURE_DIMS[prior]
   return int(config.get("num_classes", 0) or 0)
-
-
-def build_family(config: ml_collections.ConfigDict) -> Gan:
-  """The `Gan` of `config.model` at `config.resolution`; `builder.build_gan` adds the
-  wrappers (MineGAN, BSA) a config may ask for."""
-  model = config.model
-  if model == "stylegan2":
-    from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
-
-    cfg = config.stylegan2
-    cond_dim = condition_dim(config)
-    # Configs saved before the DIP variant have no embedding_dim: the paper's 512.
-    embedding_dim = cfg.get("embedding_dim") or 512
-    # Configs saved before conv_clamp was a field ran with the official 256.
-    conv_clamp = cfg.get("conv_clamp", stylegan2.DEFAULT_CONV_CLAMP)
-    precision = dict(dtype=stylegan2.mixed_precision_dtype(cfg.get("mixed_precision")),
-                     num_fp16_res=cfg.get("num_fp16_res", 0))
-    remat = stylegan2.remat_networks(cfg.get("remat") or "")
-    generator = stylegan2.Generator(
-        resolution=config.resolution, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
-        mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
-        channel_max=cfg.channel_max, conv_clamp=conv_clamp, cond_dim=cond_dim,
-        embedding_dim=embedding_dim, remat="synthesis" in remat, **precision)
-    discriminator = stylegan2.Discriminator(
-        resolution=config.resolution, channel_base=cfg.channel_base,
-        channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group_size,
-        conv_clamp=conv_clamp, cond_dim=cond_dim, remat="discriminator" in remat,
-        **precision)
-    return StyleGAN2Gan(generator, discriminator, config, cond_dim=cond_dim)
-  if model in ("resnet", "adafm"):
-    from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
-    from gantransfer_jax.models import smallhead  # pylint: disable=g-import-not-at-top
-
-    cfg = config.resnet
-    discriminator = resnet_gan.ResNetDiscriminator(config.resolution, nf=cfg.nf)
-    if model == "resnet":
-      generator = resnet_gan.ResNetGenerator(config.resolution, z_dim=cfg.z_dim, nf=cfg.nf)
-      return ResNetGan(generator, discriminator, config)
-    head = config.adafm
-    generator = smallhead.AdaFMGenerator(
-        config.resolution, z_dim=cfg.z_dim, nf=cfg.nf, num_general_groups=head.general_g,
-        head_features=head.head_features, style_dim=head.style_dim,
-        mapping_layers=head.mapping_layers)
-    return AdaFMGan(generator, discriminator, config)
-  if model == "sngan":
-    from gantransfer_jax.models import sngan  # pylint: disable=g-import-not-at-top
-
-    cfg = config.sngan
-    optional = lambda multipliers: tuple(multipliers) if multipliers else None
-    generator = sngan.Generator(
-        resolution=config.resolution, z_dim=cfg.z_dim, embedding_dim=cfg.embedding_dim,
-        width=cfg.g_width, channel_multipliers=optional(cfg.g_multipliers),
-        hierarchical_z=cfg.hierarchical_z)
-    discriminator = sngan.ProjectionDiscriminator(
-        resolution=config.resolution, width=cfg.d_width,
-        channel_multipliers=optional(cfg.d_multipliers))
-    return SNGan(generator, discriminator, config, cond_dim=condition_dim(config))
-  raise ValueError(f"unknown model {model!r}; valid: {', '.join(FAMILIES)}")

@@ -16,6 +16,7 @@ from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
 from gantransfer_jax import validation
 from gantransfer_jax.metrics import registry
+from gantransfer_jax.models import families
 from gantransfer_jax.models import gan as gan_lib
 
 
@@ -25,8 +26,7 @@ def _run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   run = ml_collections.ConfigDict(saved.to_dict())
   run.seed = config.seed
   run.eval_num_images = config.num_samples
-  if "stylegan2" in run:
-    run.stylegan2.truncation_psi = config.truncation_psi
+  families.set_truncation_psi(run, config.truncation_psi)
   run.data.source = config.data.source or saved.data.source  # Default: its own data.
   run.data.num_images = config.num_reference
   return run

@@ -47,6 +47,7 @@ from gantransfer_jax import evaluation
 from gantransfer_jax import parallel
 from gantransfer_jax import validation
 from gantransfer_jax.metrics import registry
+from gantransfer_jax.models import families
 
 GENERATED = "generated"
 SOURCE_DATA = "source_data"
@@ -123,8 +124,7 @@ def _scoring_config(config: ml_collections.ConfigDict, candidate: Candidate,
   run.resolution = resolution
   run.data = data
   run.eval_num_images = config.num_samples
-  if "stylegan2" in run:
-    run.stylegan2.truncation_psi = config.truncation_psi
+  families.set_truncation_psi(run, config.truncation_psi)
   return run
 
 
