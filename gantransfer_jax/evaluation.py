@@ -208,11 +208,13 @@ class Evaluator:
     """{'eval/<score>': value} of every registered score; None once `should_stop()` is
     true between batches."""
     feature_fns = self.feature_fns()
-    fake = self._generated(params, state, feature_fns, should_stop)
-    if fake is None:  # Before the reference set: an abandoned evaluation does no more.
-      return None
+    # The reference first (once per run; cached after): the generated batches are the
+    # part a stop request can abandon between, so it comes last, as before the registry.
     real = {network: self._reference(network, fn).features
             for network, fn in feature_fns.items()}
+    fake = self._generated(params, state, feature_fns, should_stop)
+    if fake is None:
+      return None
     return {f"eval/{name}": value
             for name, value in registry.compute(real, fake, k=self.k).items()}
 
