@@ -112,8 +112,8 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(f"minegan.num_layers must be an integer >= 1, got {layers!r}")
   family = families.lookup(config.model)
   if family is None or not family.supports_minegan:
-    supported = [name for name in families.names() if families.get(name).supports_minegan]
-    problems.append(f"MineGAN supports models {', '.join(supported)}, not {config.model!r}")
+    problems.append(f"MineGAN supports models {', '.join(families.names_with('supports_minegan'))}, "
+                    f"not {config.model!r}")
   if (config.get("dip") or {}).get("prior") or config.get("num_classes"):
     problems.append("MineGAN needs an unconditional model: unset dip.prior / num_classes "
                     "(DIP's samplers would bypass the miner)")

@@ -200,7 +200,7 @@ def write_samples(checkpoint: str, out: str, *, num: int = 16, seed: int = 0,
     raise ValueError("--edits, --sketch and --invert need a DIP checkpoint (dip.prior set); "
                      f"{checkpoint} is a {model.config.model!r} run without priors")
   if mix and not families.get(model.config.model).supports_style_mixing:
-    style_based = [name for name in families.names() if families.get(name).supports_style_mixing]
+    style_based = families.names_with("supports_style_mixing")
     raise ValueError(f"--mix needs a style-based generator ({' or '.join(style_based)}), not "
                      f"{model.config.model!r}")
   key = jax.random.key(seed)

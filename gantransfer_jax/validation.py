@@ -98,7 +98,7 @@ def _check_model(config: ml_collections.ConfigDict) -> list[str]:
   except ValueError as e:
     return problems + [str(e)]
   if cond_dim and not family.conditional:
-    conditional = sorted(name for name in families.names() if families.get(name).conditional)
+    conditional = sorted(families.names_with("conditional"))
     problems.append(f"conditioning (dip.prior or num_classes) needs model "
                     f"{' or '.join(map(repr, conditional))}, not {config.model!r}")
   if problems:

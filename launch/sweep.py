@@ -94,11 +94,6 @@ def run_columns() -> tuple[str, ...]:
   return RUN_KEYS + metric_columns()
 
 
-# The built-in metrics' columns (metric_columns() includes metrics registered later).
-RUN_COLUMNS = run_columns()
-GROUP_METRICS = metric_columns()
-
-
 def dataset_slug(source: str) -> str:
   """A short file-name-safe name of a `config.data.source`, for the run's folder name.
 

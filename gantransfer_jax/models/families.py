@@ -108,6 +108,12 @@ def names() -> tuple[str, ...]:
   return tuple(_REGISTRY)
 
 
+def names_with(capability: str) -> tuple[str, ...]:
+  """The registered families whose boolean `capability` field is true, in order (for
+  messages that list the families a feature needs)."""
+  return tuple(name for name, family in _REGISTRY.items() if getattr(family, capability))
+
+
 def is_registered(name: str | None) -> bool:
   return name in _REGISTRY
 
