@@ -6,7 +6,10 @@ G step, which over a run is the same alternation). Everything inside the step ru
 device: the training batch (and its conditions) is sampled there, synthesized when
 pretraining, and so are latents, DiffAugment and the regularisers. The step is jitted
 once per (R1, path-length) combination; all randomness is `fold_in(key(seed), step)`,
-so a resumed run is bit-identical to an uninterrupted one.
+so a resumed run is bit-identical to an uninterrupted one. With `config.batch_rounds`
+> 1 every pass takes the batch in that many rounds, one after another, and averages
+their gradients (`accumulate_rounds`; the official code's `--batch-gpu`): what bounds
+the memory of the 256 x 256 presets (README, "Memory and throughput").
 
 What differs between families (StyleGAN2, the ResNet GANs of AdaFM, SNGAN for DIP) is
 behind `gantransfer_jax.models.gan.Gan`: initialisation, the training forward passes
@@ -167,6 +170,8 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
   Gradients are taken only with respect to the trainable part of each network.
   """
   batch = config.batch_size
+  rounds = config.get("batch_rounds", 1)
+  round_batch = batch // rounds
   loss_cfg = config.loss
   gan_loss = losses.gan_loss(loss_cfg.kind)
   d_steps = loss_cfg.get("d_steps", 1)
@@ -195,24 +200,24 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
         d_params, d_state, augment.apply(bcr_spec, key, images, p), cond)
     return losses.consistency_penalty(logits, t_logits), d_state
 
-  def g_loss_fn(g_trainable, g_frozen, state, data, key):
+  def g_loss_fn(g_trainable, g_frozen, g_state, state, data, key):
     g_params = freezing.merge(g_trainable, g_frozen)
     k_cond, k_z, k_gen, k_aug, _ = jax.random.split(key, 5)  # The last: path length's.
-    cond = shard(sampler.sample_cond(data, k_cond, batch))
-    fakes, g_state = gan.generate(g_params, state.g_state, latents(k_z, batch), cond, k_gen)
+    cond = shard(sampler.sample_cond(data, k_cond, round_batch))
+    fakes, g_state = gan.generate(g_params, g_state, latents(k_z, round_batch), cond, k_gen)
     logits, _ = discriminate(state.d_params, state.d_state, fakes, cond, k_aug,
                              state.augment_state.p)
     loss_main = gan_loss.generator(logits)
     return loss_main, (g_state, {"loss/g": loss_main})
 
-  def pl_loss_fn(g_trainable, g_frozen, state, data, key):
-    """The lazy path-length term (its own backward pass: see train_step)."""
+  def pl_loss_fn(g_trainable, g_frozen, pl_mean, state, data, key):
+    """The lazy path-length term (its own backward pass: see g_phase)."""
     g_params = freezing.merge(g_trainable, g_frozen)
     k_pl_z, k_pl_cond, k_pl = jax.random.split(jax.random.split(key, 5)[4], 3)
-    pl_batch = max(batch // loss_cfg.pl_batch_shrink, 1)
+    pl_batch = max(round_batch // loss_cfg.pl_batch_shrink, 1)
     pl_cond = shard(sampler.sample_cond(data, k_pl_cond, pl_batch))
     penalty, pl_mean = gan.path_length_penalty(
-        g_params, state.g_state, latents(k_pl_z, pl_batch), pl_cond, k_pl, state.pl_mean)
+        g_params, state.g_state, latents(k_pl_z, pl_batch), pl_cond, k_pl, pl_mean)
     loss = penalty * loss_cfg.pl_weight * loss_cfg.pl_interval
     return loss, (pl_mean, {"loss/pl": penalty})
 
@@ -248,48 +253,63 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
       metrics["loss/r1"] = r1
     return loss, (d_state, metrics)
 
-  def d_update(g_params, g_state, data, do_r1, p, carry, key):
-    """One discriminator step (Algorithm 1's inner loop): fresh reals, z and fakes."""
-    d_params, d_state, d_opt_state = carry
+  def d_grads_fn(d_trainable, d_frozen, g_params, g_state, data, do_r1, p, d_state, key):
+    """D's gradients on one round: fresh reals, z and fakes."""
     k_reals, k_z, k_gen, k_d = jax.random.split(key, 4)
-    real_batch = shard(sampler.sample(data, k_reals, batch))
+    real_batch = shard(sampler.sample(data, k_reals, round_batch))
     cond = real_batch.get("cond")  # The fakes share the reals' conditions (Algorithm 1).
-    fakes, _ = gan.generate(g_params, g_state, latents(k_z, batch), cond, k_gen)
+    fakes, _ = gan.generate(g_params, g_state, latents(k_z, round_batch), cond, k_gen)
     fakes = jax.lax.stop_gradient(fakes)
-    d_trainable, d_frozen = freezing.split(d_params, frozen.discriminator)
-    d_grads, (d_state, metrics) = jax.grad(d_loss_fn, has_aux=True)(
+    return jax.grad(d_loss_fn, has_aux=True)(
         d_trainable, d_frozen, d_state, real_batch["images"], fakes, cond, k_d, do_r1, p)
+
+  def d_update(g_params, g_state, data, do_r1, p, carry, key):
+    """One discriminator step (Algorithm 1's inner loop)."""
+    d_params, d_state, d_opt_state = carry
+    d_trainable, d_frozen = freezing.split(d_params, frozen.discriminator)
+    d_grads, d_state, metrics = accumulate_rounds(
+        functools.partial(d_grads_fn, d_trainable, d_frozen, g_params, g_state, data,
+                          do_r1, p), d_trainable, d_state, key, rounds)
     d_updates, d_opt_state = d_tx.update(d_grads, d_opt_state, d_trainable)
     d_params = freezing.merge(optax.apply_updates(d_trainable, d_updates), d_frozen)
     return (d_params, d_state, d_opt_state), metrics
 
-  def train_step(state: TrainState, data, do_r1: bool, do_pl: bool):
-    key = jax.random.fold_in(base_key, state.step)
-    k_g, k_d = jax.random.split(key)
-
+  def g_phase(state: TrainState, data, do_pl: bool):
+    """The generator update (with path length if `do_pl`) and its EMA."""
+    k_g, _ = jax.random.split(jax.random.fold_in(base_key, state.step))
     g_trainable, g_frozen = freezing.split(state.g_params, frozen.generator)
-    g_grads, (g_state, g_metrics) = jax.grad(g_loss_fn, has_aux=True)(
-        g_trainable, g_frozen, state, data, k_g)
+    g_grads, g_state, g_metrics = accumulate_rounds(
+        lambda g_state, key: jax.grad(g_loss_fn, has_aux=True)(
+            g_trainable, g_frozen, g_state, state, data, key),
+        g_trainable, state.g_state, k_g, rounds)
     pl_mean = state.pl_mean
     if do_pl:
       # Differentiated apart and ordered after the main pass (the barrier holds its
       # inputs until the main gradients exist), so that the activations of the two
       # passes need not be held at once (README, "Memory and throughput").
       g_grads, g_trainable_pl = jax.lax.optimization_barrier((g_grads, g_trainable))
-      pl_grads, (pl_mean, pl_metrics) = jax.grad(pl_loss_fn, has_aux=True)(
-          g_trainable_pl, g_frozen, state, data, k_g)
+      pl_grads, pl_mean, pl_metrics = accumulate_rounds(
+          lambda pl_mean, key: jax.grad(pl_loss_fn, has_aux=True)(
+              g_trainable_pl, g_frozen, pl_mean, state, data, key),
+          g_trainable_pl, pl_mean, k_g, rounds)
       g_grads = jax.tree.map(jnp.add, g_grads, pl_grads)
       g_metrics = {**g_metrics, **pl_metrics}
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, g_trainable)
     g_params = freezing.merge(optax.apply_updates(g_trainable, g_updates), g_frozen)
     beta = jnp.where(state.step < ema_start_step, 0.0, ema_beta) if ema_start_step else ema_beta
     g_ema_params = losses.ema_update(state.g_ema_params, g_params, beta)
+    return state.replace(g_params=g_params, g_state=g_state, g_ema_params=g_ema_params,
+                         g_opt_state=g_opt_state, pl_mean=pl_mean), g_metrics
 
+  def d_phase(state: TrainState, data, do_r1: bool):
+    """`d_steps` discriminator updates against the updated G, ADA's p; ends the step."""
+    _, k_d = jax.random.split(jax.random.fold_in(base_key, state.step))
     carry = (state.d_params, state.d_state, state.d_opt_state)
     # D's passes on the reals (R1's double backward) need nothing from the G update:
     # unordered, XLA interleaves them with the G passes and holds both sets of
     # activations at once. The barrier releases D's inputs only once G is updated.
-    g_params, g_state, carry = jax.lax.optimization_barrier((g_params, g_state, carry))
+    g_params, g_state, carry = jax.lax.optimization_barrier(
+        (state.g_params, state.g_state, carry))
     step_d = functools.partial(d_update, g_params, g_state, data, do_r1,
                                state.augment_state.p)
     if d_steps == 1:
@@ -307,16 +327,42 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
           ada.accumulate(augment_state, d_metrics["scores/real_sign"]), ada_controller)
       d_metrics = {**d_metrics, "augment/p": augment_state.p, "augment/rt": augment_state.rt}
     d_metrics = jax.tree.map(jnp.mean, d_metrics)
+    return state.replace(step=state.step + 1, d_params=d_params, d_state=d_state,
+                         d_opt_state=d_opt_state, augment_state=augment_state), d_metrics
 
-    new_state = state.replace(
-        step=state.step + 1, g_params=g_params, g_state=g_state, g_ema_params=g_ema_params,
-        d_params=d_params, d_state=d_state, g_opt_state=g_opt_state,
-        d_opt_state=d_opt_state, pl_mean=pl_mean, augment_state=augment_state)
-    return new_state, {**g_metrics, **d_metrics}
+  def train_step(state: TrainState, data, do_r1: bool, do_pl: bool):
+    state, g_metrics = g_phase(state, data, do_pl)
+    state, d_metrics = d_phase(state, data, do_r1)
+    return state, {**g_metrics, **d_metrics}
 
-  replicated = parallel.replicated(mesh)
   return jax.jit(train_step, static_argnames=("do_r1", "do_pl"), donate_argnums=0,
-                 out_shardings=(replicated, replicated))
+                 out_shardings=(parallel.replicated(mesh),) * 2)
+
+
+def accumulate_rounds(grad_fn: Callable, params, carry, key: jax.Array, rounds: int):
+  """`grad_fn(carry, key) -> (grads, (carry, metrics))` over `rounds` rounds of the batch.
+
+  Each round is a `1/rounds` part of the batch, drawn with its own key
+  (`fold_in(key, round)`); the gradients of the rounds' mean losses are averaged (the
+  gradient of the batch's mean loss, up to which images share a minibatch-stddev
+  group), metrics averaged, and `carry` (model state: w_avg, spectral-norm statistics,
+  the path-length mean) threaded through them in order, as the official code's
+  `batch_gpu` rounds do. The rounds run one after another (`lax.scan`), so only one
+  round's activations are held. One round is the plain gradient, with the unsplit key.
+  """
+  if rounds == 1:
+    grads, (carry, metrics) = grad_fn(carry, key)
+    return grads, carry, metrics
+
+  def one_round(accumulated, index):
+    grads_sum, carry = accumulated
+    grads, (carry, metrics) = grad_fn(carry, jax.random.fold_in(key, index))
+    return (jax.tree.map(jnp.add, grads_sum, grads), carry), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (grads_sum, carry), metrics = jax.lax.scan(one_round, (zeros, carry), jnp.arange(rounds))
+  grads = jax.tree.map(lambda g: g / rounds, grads_sum)
+  return grads, carry, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 
 class Setup(NamedTuple):

@@ -202,11 +202,18 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
     problems.append(
         f"batch_size {config.batch_size} must be a positive multiple of the number of "
         f"devices ({num_devices})")
+  rounds = config.get("batch_rounds", 1)
+  round_batch = config.batch_size // max(rounds, 1)
+  if rounds < 1 or config.batch_size % (rounds * num_devices):
+    problems.append(
+        f"batch_size {config.batch_size} must be a multiple of batch_rounds ({rounds}) "
+        f"times the number of devices ({num_devices})")
   group = family.minibatch_std_group(config) if family else 0
-  if group and config.batch_size % min(group, config.batch_size):
+  if group and round_batch and round_batch % min(group, round_batch):
     problems.append(
         f"batch_size {config.batch_size} must be divisible by the minibatch-stddev group "
-        f"size {group} (config.{family.config_section}.mbstd_group_size)")
+        f"size {group} (config.{family.config_section}.mbstd_group_size)"
+        + (f" in each of its {rounds} batch_rounds" if rounds > 1 else ""))
   for field in ("total_steps", "log_every", "sample_every", "checkpoint_every"):
     if config[field] <= 0:
       problems.append(f"{field} must be positive, got {config[field]}")

@@ -152,3 +152,29 @@ def test_flag_error_messages():
                      "\"total_step\"?'"), ["--config.total_step=3"])
   assert message == ('--config.total_step: the config has no field \'total_step\'. Did you '
                      'mean "total_steps" instead of "total_step"?')
+
+
+def _cache_dir_of_a_run(tmp_path, **env) -> tuple[str, list[str]]:
+  """The compilation cache a `main` process uses, and what one small jit wrote there."""
+  script = ("import jax, jax.numpy as jnp\n"
+            "from gantransfer_jax import main\n"
+            "folder = main.use_persistent_compilation_cache()\n"
+            "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()\n"
+            "print(folder)\n")
+  base = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  result = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+      timeout=120, check=True,
+      env={**base, "GANTRANSFER_JAX_CACHE": str(tmp_path / "assets"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env})
+  folder = result.stdout.strip().splitlines()[-1]
+  return folder, sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def test_main_keeps_compiled_programs_in_the_assets_cache_unless_told_otherwise(tmp_path):
+  folder, entries = _cache_dir_of_a_run(tmp_path)
+  assert folder == str(tmp_path / "assets" / "xla")
+  assert entries, "the jitted function was not written to the persistent cache"
+  chosen = tmp_path / "chosen"
+  folder, entries = _cache_dir_of_a_run(tmp_path, JAX_COMPILATION_CACHE_DIR=str(chosen))
+  assert folder == str(chosen) and entries

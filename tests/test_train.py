@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -65,6 +66,55 @@ def test_two_devices_match_one_device_on_the_same_global_batch():
   assert max(jax.tree.leaves(moved)) > 0
 
 
+def test_rounds_average_the_gradients_of_their_parts_of_the_batch():
+  # Each round draws its part of the batch from fold_in(key, round); the accumulated
+  # gradient must be the gradient of the whole batch's mean loss (numpy, by hand).
+  weights = np.array([0.5, -1.0, 2.0], np.float32)
+  key = jax.random.key(3)
+
+  def grad_fn(count, round_key):
+    x = jax.random.normal(round_key, (4, 3))
+    loss = lambda w: jnp.mean((x @ w) ** 2)
+    return jax.grad(loss)(jnp.asarray(weights)), (count + 1, {"m": jnp.sum(x)})
+
+  grads, count, metrics = train.accumulate_rounds(grad_fn, weights, 0, key, rounds=3)
+  x = np.concatenate([np.asarray(jax.random.normal(jax.random.fold_in(key, r), (4, 3)))
+                      for r in range(3)])
+  np.testing.assert_allclose(grads, 2 * x.T @ (x @ weights) / len(x), rtol=1e-5)
+  assert int(count) == 3  # The carry went through every round, in turn.
+  np.testing.assert_allclose(metrics["m"], x.sum() / 3, rtol=1e-5)
+  # One round is the plain gradient with the unsplit key.
+  grads_one, count_one, _ = train.accumulate_rounds(grad_fn, weights, 0, key, rounds=1)
+  np.testing.assert_allclose(grads_one, grad_fn(0, key)[0])
+  assert count_one == 1
+
+
+def _compile_first_step(config, devices):
+  setup = train.build(config, parallel.create_mesh(devices))
+  lowered = setup.train_step.lower(setup.state, setup.data, do_r1=True, do_pl=True)
+  return setup, lowered.compile()
+
+
+def test_batch_rounds_train_on_two_devices_and_shrink_the_planned_memory():
+  config = tiny_config()
+  config.batch_size = 16
+  config.batch_rounds = 2
+  setup, step = _compile_first_step(config, jax.devices()[:2])
+  fresh = jax.device_get(setup.state)
+  state, metrics = jax.device_get(step(setup.state, setup.data))
+  assert set(metrics) >= {"loss/d", "loss/g", "loss/r1", "loss/pl"}
+  assert all(np.isfinite(v) for v in metrics.values())
+  for name in ("g_params", "d_params"):
+    moved = jax.tree.map(lambda x, y: np.abs(x - y).max(), getattr(fresh, name),
+                         getattr(state, name))
+    assert max(jax.tree.leaves(moved)) > 0, name
+  # The rounds run one after another: XLA holds one round's activations, not all.
+  rounds_temp = step.memory_analysis().temp_size_in_bytes
+  config.batch_rounds = 1
+  whole_temp = _compile_first_step(config, jax.devices()[:2])[1].memory_analysis().temp_size_in_bytes
+  assert rounds_temp < 0.75 * whole_temp, (rounds_temp, whole_temp)
+
+
 def test_regularizer_schedule_is_lazy():
   config = tiny_config()
   config.loss.r1_interval = 4
@@ -115,6 +165,7 @@ def test_main_job_writes_checkpoints_metrics_and_samples_and_resumes_exactly(tmp
     ("loss.kind", "wgan", "loss.kind 'wgan' is unknown"),
     ("augment", "color,zoom", "augment"),
     ("model", "biggan", "model 'biggan' is unknown"),
+    ("batch_rounds", 3, "must be a multiple of batch_rounds \\(3\\)"),
 ])
 def test_bad_configs_fail_with_their_message(tmp_path, field, value, message):
   config = tiny_config()
