@@ -116,7 +116,6 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     errors.exit_with(flag_error_message(e, argv[1:]))
 
 
-@errors.one_line_user_errors(verbose=lambda: _VERBOSE.value)
 def use_persistent_compilation_cache() -> str:
   """Compiled steps persist across processes, so a resumed or repeated run (a sweep's
   next seed) loads them instead of compiling again: minutes per step variant at
@@ -130,6 +129,7 @@ def use_persistent_compilation_cache() -> str:
   return jax.config.jax_compilation_cache_dir
 
 
+@errors.one_line_user_errors(verbose=lambda: _VERBOSE.value)
 def main(argv):
   quiet_library_logs()
   if len(argv) > 1:

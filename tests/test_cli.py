@@ -52,6 +52,13 @@ def test_evaluate_takes_the_finetune_spelling_and_names_it_for_the_other():
     config.data.source = "folder:/my/images"  # The field finetuning has.
 
 
+def test_a_config_error_found_at_run_time_is_one_line_with_exit_status_2(tmp_path):
+  # Validation runs inside the task, past flag parsing: main's own error handling.
+  result = run_cli("--config=configs/finetune.py:scratch,quick", f"--workdir={tmp_path}")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+  assert "finetuning needs a target data set" in result.stderr
+
+
 def test_an_unknown_preset_is_one_line():
   result = run_cli("--config=configs/finetune.py:transfergan,quik")
   assert result.returncode == 2 and "Traceback" not in result.stderr
