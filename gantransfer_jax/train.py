@@ -274,9 +274,13 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     d_params = freezing.merge(optax.apply_updates(d_trainable, d_updates), d_frozen)
     return (d_params, d_state, d_opt_state), metrics
 
+  def phase_keys(step):
+    """(G's key, D's key) of a step: both phases read the step before it advances."""
+    return jax.random.split(jax.random.fold_in(base_key, step))
+
   def g_phase(state: TrainState, data, do_pl: bool):
     """The generator update (with path length if `do_pl`) and its EMA."""
-    k_g, _ = jax.random.split(jax.random.fold_in(base_key, state.step))
+    k_g, _ = phase_keys(state.step)
     g_trainable, g_frozen = freezing.split(state.g_params, frozen.generator)
     g_grads, g_state, g_metrics = accumulate_rounds(
         lambda g_state, key: jax.grad(g_loss_fn, has_aux=True)(
@@ -303,7 +307,7 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
 
   def d_phase(state: TrainState, data, do_r1: bool):
     """`d_steps` discriminator updates against the updated G, ADA's p; ends the step."""
-    _, k_d = jax.random.split(jax.random.fold_in(base_key, state.step))
+    _, k_d = phase_keys(state.step)
     carry = (state.d_params, state.d_state, state.d_opt_state)
     # D's passes on the reals (R1's double backward) need nothing from the G update:
     # unordered, XLA interleaves them with the G passes and holds both sets of
