@@ -219,6 +219,9 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   config.loss.r1_interval = 16  # Lazy R1 when finetuning (authors' code).
   config.augment = "color,translation,cutout"
   config.freeze_d = 0
+  # Transfer transforms over the parameter pytrees (gantransfer_jax.transfer), after the
+  # ones the fields above ask for: e.g. 'freeze_d:4,adafm', 'fs:100' ('' = none).
+  config.transfer = ""
   config.init_checkpoint = config_dict.placeholder(str)
   # ADA's controller (used when `augment` is an ADA form: ada, ada:PIPELINE,
   # ada_fixed:P[:PIPELINE]; gantransfer_jax.augment.parse), official defaults.

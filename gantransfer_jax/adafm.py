@@ -44,19 +44,22 @@ class Spec:
 
   Attributes:
     kind: 'adafm' (full [C_in, C_out] gamma and beta) or 'fs' (rank one: [C_out] vectors).
-    layers: names of the conv modules whose `kernel` is modulated, wherever they sit.
+    layers: names of the conv modules whose kernel is modulated, wherever they sit.
+    kernel: the name of that kernel in each of them (HWIO): flax's `nn.Conv` says
+      'kernel', StyleGAN2's synthesis layers 'weight'.
   """
 
   kind: Literal["adafm", "fs"] = "adafm"
   layers: tuple[str, ...] = MODULATED_LAYERS
+  kernel: str = "kernel"
 
 
 def _is_modulated(path: Path, spec: Spec) -> bool:
-  return len(path) >= 2 and path[-1] == "kernel" and path[-2] in spec.layers
+  return len(path) >= 2 and path[-1] == spec.kernel and path[-2] in spec.layers
 
 
 def modulated_paths(frozen_params: Params, spec: Spec = Spec()) -> list[Path]:
-  """Paths of the kernels `spec` modulates (each ends in (layer, 'kernel'))."""
+  """Paths of the kernels `spec` modulates (each ends in (layer, spec.kernel))."""
   return [p for p in traverse_util.flatten_dict(frozen_params) if _is_modulated(p, spec)]
 
 
@@ -97,8 +100,9 @@ def _is_factors(path: Path, node: Any) -> bool:
   return isinstance(node, dict) and set(node) == {"gamma", "beta"}
 
 
-def apply(frozen_params: Params, modulation: Params) -> Params:
-  """`frozen_params` with every modulated kernel replaced by gamma * W + beta.
+def apply(frozen_params: Params, modulation: Params, kernel: str = "kernel") -> Params:
+  """`frozen_params` with every modulated kernel (named `kernel`, as its `Spec` says)
+  replaced by gamma * W + beta.
 
   Equal to `frozen_params` (1 * W + 0 == W exactly) at `init`'s modulation.
 
@@ -107,7 +111,7 @@ def apply(frozen_params: Params, modulation: Params) -> Params:
   """
   flat = traverse_util.flatten_dict(frozen_params)
   for module_path, factors in traverse_util.flatten_dict(modulation, is_leaf=_is_factors).items():
-    kernel_path = module_path + ("kernel",)
+    kernel_path = module_path + (kernel,)
     if kernel_path not in flat:
       raise ValueError(f"the modulation names {'/'.join(kernel_path)}, which the frozen "
                        "params do not hold")

@@ -175,8 +175,17 @@ class MineGan(gan_lib.Gan):
       loaded[field] = {**loaded[field], MINER: miner}
     return loaded
 
-  def frozen_prefixes(self) -> gan_lib.FrozenPrefixes:
-    return self.base.frozen_prefixes()
+  def trainable(self, network, params):
+    """The base family's split; the miner trains (no transform names it)."""
+    return self.base.trainable(network, params)
+
+  def discriminator_optimizer(self, tx):
+    return self.base.discriminator_optimizer(tx)
+
+  def network_params(self, network, params):
+    if network == gan_lib.GENERATOR:
+      params = _without_miner(params)
+    return self.base.network_params(network, params)
 
   def generator_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """The miner trains from step 0; the rest of G (the base family's optimizer) gets

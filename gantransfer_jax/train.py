@@ -13,8 +13,10 @@ the memory of the 256 x 256 presets (README, "Memory and throughput").
 
 What differs between families (StyleGAN2, the ResNet GANs of AdaFM, SNGAN for DIP) is
 behind `gantransfer_jax.models.gan.Gan`: initialisation, the training forward passes
-and their state (w_avg, batch norm and spectral-norm statistics), sampling, which
-parameters are frozen and how a pretrained checkpoint is transferred.
+and their state (w_avg, batch norm and spectral-norm statistics), sampling, and how a
+pretrained checkpoint is transferred. The transfer transforms (FreezeD, GmDn, AdaFM;
+`gantransfer_jax.transfer`) are behind it too: `gan.trainable` says what the optimizers
+see, `gan.generator_optimizer` / `discriminator_optimizer` wrap them.
 
 Deviation from the official StyleGAN2 loop (documented in the README): on lazy-
 regularisation steps the regulariser is added to the main loss (scaled by its interval)
@@ -60,8 +62,6 @@ from gantransfer_jax.data import sampler as sampler_lib
 from gantransfer_jax.metrics import registry
 from gantransfer_jax.models import gan as gan_lib
 
-FrozenPrefixes = gan_lib.FrozenPrefixes
-
 # Salts that separate the independent random streams derived from the config seed.
 INIT_SALT = 0
 TRAIN_SALT = 1
@@ -82,25 +82,22 @@ class TrainState:
   augment_state: ada.AdaState  # ADA's p and its controller's statistics (unused otherwise).
 
 
-def frozen_prefixes(config: ml_collections.ConfigDict) -> FrozenPrefixes:
-  """What the config freezes (FreezeD, AdaFM's GmDn), per `Gan.frozen_prefixes`."""
-  return builder.build_gan(config).frozen_prefixes()
-
-
 def make_optimizers(config: ml_collections.ConfigDict, gan: gan_lib.Gan | None = None):
+  """(G's, D's) optimizers: Adam, wrapped by the model's transfer transforms."""
   opt = config.optim
   gan = gan or builder.build_gan(config)
   g_tx = gan.generator_optimizer(optax.adam(opt.g_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps))
-  d_tx = optax.adam(opt.d_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  d_tx = gan.discriminator_optimizer(optax.adam(opt.d_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps))
   return g_tx, d_tx
 
 
-def _trainable(params, prefixes):
-  return freezing.split(params, prefixes)[0]
+def _opt_states(gan: gan_lib.Gan, g_tx, d_tx, g_params, d_params):
+  """Fresh optimizer states, over the trainable part of each network only."""
+  return (g_tx.init(gan.trainable(gan_lib.GENERATOR, g_params)[0]),
+          d_tx.init(gan.trainable(gan_lib.DISCRIMINATOR, d_params)[0]))
 
 
-def init_train_state(config, gan: gan_lib.Gan, g_tx, d_tx,
-                     frozen: FrozenPrefixes = FrozenPrefixes()) -> TrainState:
+def init_train_state(config, gan: gan_lib.Gan, g_tx, d_tx) -> TrainState:
   """Fresh parameters and optimizer states (pure; jit it with replicated outputs).
 
   Optimizer state exists only for the trainable part of each network.
@@ -109,14 +106,12 @@ def init_train_state(config, gan: gan_lib.Gan, g_tx, d_tx,
   g_vars, d_vars = gan.init(key)
   g_params, g_state = gan_lib.split_variables(g_vars)
   d_params, d_state = gan_lib.split_variables(d_vars)
-  freezing.check_prefixes(g_params, frozen.generator)
-  freezing.check_prefixes(d_params, frozen.discriminator)
+  g_opt_state, d_opt_state = _opt_states(gan, g_tx, d_tx, g_params, d_params)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       g_params=g_params, g_state=g_state, g_ema_params=g_params,
       d_params=d_params, d_state=d_state,
-      g_opt_state=g_tx.init(_trainable(g_params, frozen.generator)),
-      d_opt_state=d_tx.init(_trainable(d_params, frozen.discriminator)),
+      g_opt_state=g_opt_state, d_opt_state=d_opt_state,
       pl_mean=jnp.zeros((), jnp.float32),
       augment_state=ada.init_state(_initial_augment_p(config)),
   )
@@ -128,9 +123,8 @@ def _initial_augment_p(config) -> float:
   return augment.ada_controller(config)[1]
 
 
-def create_train_state(config, gan, g_tx, d_tx, mesh,
-                       frozen: FrozenPrefixes = FrozenPrefixes()) -> TrainState:
-  init = functools.partial(init_train_state, config, gan, g_tx, d_tx, frozen)
+def create_train_state(config, gan, g_tx, d_tx, mesh) -> TrainState:
+  init = functools.partial(init_train_state, config, gan, g_tx, d_tx)
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
@@ -162,12 +156,12 @@ def restore_for_resume(checkpointer: checkpoints.Checkpointer,
 
 
 def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
-                    sampler: sampler_lib.Sampler, g_tx, d_tx, mesh,
-                    frozen: FrozenPrefixes = FrozenPrefixes()) -> Callable:
+                    sampler: sampler_lib.Sampler, g_tx, d_tx, mesh) -> Callable:
   """Returns `step(state, data, do_r1, do_pl) -> (state, metrics)`, jitted, donating state.
 
   `sampler.sample(data, key, batch)` draws the real batch on device from `data`.
-  Gradients are taken only with respect to the trainable part of each network.
+  Gradients are taken only with respect to the trainable part of each network
+  (`gan.trainable`: what its transfer transforms leave trainable).
   """
   batch = config.batch_size
   rounds = config.get("batch_rounds", 1)
@@ -266,7 +260,7 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
   def d_update(g_params, g_state, data, do_r1, p, carry, key):
     """One discriminator step (Algorithm 1's inner loop)."""
     d_params, d_state, d_opt_state = carry
-    d_trainable, d_frozen = freezing.split(d_params, frozen.discriminator)
+    d_trainable, d_frozen = gan.trainable(gan_lib.DISCRIMINATOR, d_params)
     d_grads, d_state, metrics = accumulate_rounds(
         functools.partial(d_grads_fn, d_trainable, d_frozen, g_params, g_state, data,
                           do_r1, p), d_trainable, d_state, key, rounds)
@@ -281,7 +275,7 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
   def g_phase(state: TrainState, data, do_pl: bool):
     """The generator update (with path length if `do_pl`) and its EMA."""
     k_g, _ = phase_keys(state.step)
-    g_trainable, g_frozen = freezing.split(state.g_params, frozen.generator)
+    g_trainable, g_frozen = gan.trainable(gan_lib.GENERATOR, state.g_params)
     g_grads, g_state, g_metrics = accumulate_rounds(
         lambda g_state, key: jax.grad(g_loss_fn, has_aux=True)(
             g_trainable, g_frozen, g_state, state, data, key),
@@ -374,7 +368,6 @@ class Setup(NamedTuple):
   gan: gan_lib.Gan
   g_tx: optax.GradientTransformation
   d_tx: optax.GradientTransformation
-  frozen: FrozenPrefixes
   sampler: sampler_lib.Sampler
   state: TrainState        # Fresh (random init), replicated over the mesh.
   data: Any                # The sampler's data pytree, replicated over the mesh.
@@ -386,13 +379,12 @@ def build(config: ml_collections.ConfigDict, mesh, data_cache_dir: str | None = 
   """Models, optimizers, data and the jitted step for a validated config."""
   gan = builder.build_gan(config)
   g_tx, d_tx = make_optimizers(config, gan)
-  frozen = gan.frozen_prefixes()
   sampler = sampler_lib.make_sampler(config, cache_dir=data_cache_dir, prior_fn=prior_fn)
   return Setup(
-      gan=gan, g_tx=g_tx, d_tx=d_tx, frozen=frozen, sampler=sampler,
-      state=create_train_state(config, gan, g_tx, d_tx, mesh, frozen),
+      gan=gan, g_tx=g_tx, d_tx=d_tx, sampler=sampler,
+      state=create_train_state(config, gan, g_tx, d_tx, mesh),
       data=jax.device_put(sampler.data, parallel.replicated(mesh)),
-      train_step=make_train_step(config, gan, sampler, g_tx, d_tx, mesh, frozen))
+      train_step=make_train_step(config, gan, sampler, g_tx, d_tx, mesh))
 
 
 def regularizer_schedule(step: int, config: ml_collections.ConfigDict) -> dict[str, bool]:
@@ -652,11 +644,9 @@ def load_init_params(state: TrainState, path: str, setup: Setup, mesh) -> TrainS
       raise ValueError(
           f"init_checkpoint {path}: {name} does not fit the configured model "
           f"(checkpoint shapes {got} vs model shapes {expected})")
-  frozen = setup.frozen
-  state = state.replace(
-      **loaded,
-      g_opt_state=setup.g_tx.init(_trainable(loaded["g_params"], frozen.generator)),
-      d_opt_state=setup.d_tx.init(_trainable(loaded["d_params"], frozen.discriminator)))
+  g_opt_state, d_opt_state = _opt_states(setup.gan, setup.g_tx, setup.d_tx,
+                                         loaded["g_params"], loaded["d_params"])
+  state = state.replace(**loaded, g_opt_state=g_opt_state, d_opt_state=d_opt_state)
   return jax.device_put(state, parallel.replicated(mesh))
 
 

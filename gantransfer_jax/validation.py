@@ -10,7 +10,6 @@ import tempfile
 import jax
 import ml_collections
 
-from gantransfer_jax import builder
 from gantransfer_jax import errors
 from gantransfer_jax.models import families
 
@@ -82,7 +81,7 @@ def _check_eval(config: ml_collections.ConfigDict) -> list[str]:
 
 def _check_model(config: ml_collections.ConfigDict) -> list[str]:
   """Checks that need the model family (a registered one): its section, its own checks,
-  path length, conditioning, freezing."""
+  path length, conditioning, the transfer transforms (freezing, modulation)."""
   from gantransfer_jax.models import gan as gan_lib  # pylint: disable=g-import-not-at-top
 
   family = families.get(config.model)
@@ -103,16 +102,15 @@ def _check_model(config: ml_collections.ConfigDict) -> list[str]:
                     f"{' or '.join(map(repr, conditional))}, not {config.model!r}")
   if problems:
     return problems
-  try:
-    builder.build_gan(config).frozen_prefixes()
-  except ValueError as e:
-    problems.append(str(e) + _freeze_d_hint(str(e)))
-  return problems
+  from gantransfer_jax.transfer import registry  # pylint: disable=g-import-not-at-top
+
+  return [problem + _freeze_d_hint(problem)
+          for problem in registry.problems(config, family.build(config))]
 
 
 def _freeze_d_hint(problem: str) -> str:
   """Which freeze_d fits, for a preset's value that does not fit the checkpoint's D."""
-  match = re.search(r"freeze_d must be in \[0, (\d+)\]", problem)
+  match = re.match(r"freeze_d must be in \[0, (\d+)\]", problem)
   if not match:
     return ""
   fits = round((int(match.group(1)) + 1) * 4 / 7)

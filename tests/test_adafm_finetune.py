@@ -113,7 +113,7 @@ def test_trainable_parameters_match_the_formula(method, resnet_pretrained):
                                             resnet_pretrained)
   gan = builder.build_gan(config)
   params = jax.eval_shape(gan.init, jax.random.key(0))[0]["params"]
-  trainable, frozen = freezing.split(params, gan.frozen_prefixes().generator)
+  trainable, frozen = gan.trainable("generator", params)
   convs = _modulated_convs(16, 4, general_g=2)
   expected_modulation = {"adafm": sum(2 * c_in * c_out for c_in, c_out in convs),
                          "fs": sum(2 * c_out for _, c_out in convs), "smallhead": 0}[method]

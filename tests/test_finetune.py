@@ -9,6 +9,7 @@ from flax import traverse_util
 
 from configs import finetune
 from configs import ps_pretrain
+from gantransfer_jax import builder
 from gantransfer_jax import checkpoints
 from gantransfer_jax import freezing
 from gantransfer_jax import parallel
@@ -138,7 +139,7 @@ def test_freeze_d_out_of_range_is_a_config_error(pretrained, target_npz):
   config = checkpoints.inherit_model_config(
       finetune_config("freezed", pretrained, target_npz, freeze_d=3), str(pretrained))
   with pytest.raises(ValueError, match=r"freeze_d must be in \[0, 2\]"):
-    train.frozen_prefixes(config)
+    builder.build_gan(config)
 
 
 def test_transfergan_without_checkpoint_is_a_config_error(tmp_path):

@@ -1,7 +1,10 @@
 """One interface over the model families, so one train step serves them all.
 
 A `Gan` wraps a generator and a discriminator (flax modules) and says how a family is
-initialised, run while training, sampled at inference, frozen and transferred:
+initialised, run while training, sampled at inference and transferred, and what the
+transfer transforms (`gantransfer_jax.transfer`) may act on: its groups of layers (what
+freezing counts), the kernels a modulation rewrites, the transforms its own config
+fields ask for:
 
   family     generator                          discriminator            paper
   stylegan2  StyleGAN2 (mapping + synthesis)    StyleGAN2 resnet D       001, 004, 003
@@ -35,12 +38,21 @@ import numpy as np
 import optax
 
 from gantransfer_jax import adafm as adafm_lib
+from gantransfer_jax import freezing
 from gantransfer_jax import losses
 
 Array = jax.Array
 Params = Any
 State = dict[str, Any]
 Prefix = tuple[str, ...]
+# A group of layers: the top-level parameter names it holds (e.g. ('resnet_3', 'conv_img')).
+Group = tuple[str, ...]
+# (transform name, its argument, the config field that asks for it): see `config_transforms`.
+ConfigTransform = tuple[str, str, str]
+
+# The two networks, as the transfer transforms and the train step name them.
+GENERATOR = "generator"
+DISCRIMINATOR = "discriminator"
 
 # Parameter names of the condition embeddings G_emb and D_emb (DIP, class labels).
 G_EMBEDDING = "g_emb"
@@ -48,10 +60,18 @@ D_EMBEDDING = "d_emb"
 
 
 @dataclasses.dataclass(frozen=True)
-class FrozenPrefixes:
-  """Parameter-path prefixes that stay fixed (see gantransfer_jax.freezing)."""
-  generator: tuple[Prefix, ...] = ()
-  discriminator: tuple[Prefix, ...] = ()
+class ModulationSite:
+  """The kernels of G that AdaFM / Filter Selection modulate (`transfer.modulation`).
+
+  Attributes:
+    scope: the subtree of G's params they sit in (() = all of G); the modulation
+      mirrors the paths below it.
+    layers: names of the conv modules whose kernel is modulated, wherever they sit.
+    kernel: the kernel's parameter name in each of them (HWIO).
+  """
+  scope: Prefix
+  layers: tuple[str, ...]
+  kernel: str = "kernel"
 
 
 def variables(params: Params, state: State) -> dict[str, Any]:
@@ -111,12 +131,48 @@ class Gan:
             "d_params": pretrained["discriminator"],
             "d_state": {**fresh["d_state"], **pretrained["discriminator_state"]}}
 
-  def frozen_prefixes(self) -> FrozenPrefixes:
-    return FrozenPrefixes()
+  # ---- What transfer transforms act on (`gantransfer_jax.transfer`) ----
+
+  def generator_groups(self) -> list[Group]:
+    """G's groups of layers from the image side: what `freeze_g:N` counts ([]: none)."""
+    return []
+
+  def discriminator_groups(self) -> list[Group]:
+    """D's groups of layers from the image side: what FreezeD's `freeze_d:N` counts."""
+    return []
+
+  def modulation_site(self) -> ModulationSite | None:
+    """The kernels AdaFM / FS modulate (`config.transfer = 'adafm'`); None: none."""
+    return None
+
+  def config_transforms(self) -> list[ConfigTransform]:
+    """The transforms the family's own config fields ask for, before `config.transfer`'s:
+    by default FreezeD's `config.freeze_d` (a count of 0 adds none)."""
+    return [("freeze_d", str(self.config.get("freeze_d", 0) or 0), "freeze_d")]
+
+  def trainable(self, network: str, params: Params) -> tuple[Params, Params]:
+    """(trainable, fixed) parts of `network`'s params: the optimizer sees the first.
+
+    Everything trains here; `builder.build_gan` wraps a family whose config lists
+    transfer transforms in `transfer.wrapper.TransferGan`, which splits per transform.
+    """
+    del network
+    return freezing.split(params, ())
 
   def generator_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """The optimizer of G's trainable params (AdaFM adds the modulation's warm-up)."""
+    """The optimizer of G's trainable params (a modulation adds its warm-up)."""
     return tx
+
+  def discriminator_optimizer(self, tx: optax.GradientTransformation
+                              ) -> optax.GradientTransformation:
+    """The optimizer of D's trainable params."""
+    return tx
+
+  def network_params(self, network: str, params: Params) -> Params:
+    """The parameters `network`'s flax module sees (transforms applied): for callers
+    that run `generator.apply` themselves (DIP's inversion and edits)."""
+    del network
+    return params
 
   # ---- Forward passes ----
 
@@ -252,13 +308,16 @@ class StyleGAN2Gan(Gan):
                            noise_mode=self.noise_mode(g_state), method=generator.synthesize,
                            rngs={"noise": key})
 
-  def frozen_prefixes(self) -> FrozenPrefixes:
-    """FreezeD: the `config.freeze_d` highest-resolution discriminator blocks (NOTES §6)."""
+  def discriminator_groups(self) -> list[Group]:
+    """FreezeD counts D's blocks from the highest resolution (NOTES §6); the epilogue b4
+    is last."""
     from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
 
-    blocks = stylegan2.discriminator_block_names(self.resolution)
-    return FrozenPrefixes(discriminator=_first_blocks(blocks, self.config.get("freeze_d", 0),
-                                                      "freeze_d", self.resolution))
+    return [(name,) for name in stylegan2.discriminator_block_names(self.resolution)]
+
+  def modulation_site(self) -> ModulationSite:
+    """The synthesis blocks' 3x3 convs (`conv0`, `conv1`); not torgb, not the mapping."""
+    return ModulationSite(scope=("synthesis",), layers=("conv0", "conv1"), kernel="weight")
 
 
 def _check_noise_consts(noise_mode: str, g_state: State) -> None:
@@ -301,49 +360,47 @@ def _add_stylegan2_g_embedding(fresh: Params, loaded: Params) -> Params:
           G_EMBEDDING: fresh[G_EMBEDDING]}
 
 
-def _first_blocks(blocks: list[str], num_frozen: int, field: str,
-                  resolution: int) -> tuple[Prefix, ...]:
-  if not 0 <= num_frozen < len(blocks):
-    raise ValueError(f"{field} must be in [0, {len(blocks) - 1}] at resolution "
-                     f"{resolution} (blocks {', '.join(blocks)}), got {num_frozen}")
-  return tuple((name,) for name in blocks[:num_frozen])
-
-
 def _general_split(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """AdaFM's GmDn: (general_g, general_d) groups nearest the image (0, 0 when unset)."""
   section = config.get("adafm") or {}
   return int(section.get("general_g", 0) or 0), int(section.get("general_d", 0) or 0)
 
 
+_RESNET_MODULATED = ModulationSite(scope=(), layers=adafm_lib.MODULATED_LAYERS)
+
+
 class ResNetGan(Gan):
   """GAN_stability's ResNet GAN; GmDn freezes the groups nearest the image in G and D.
 
   `config.adafm.general_g` / `general_d` (0 when absent) give m and n: with the original
-  head this is the paper's GPHead ablation; n alone is FreezeD for this family.
+  head this is the paper's GPHead ablation; n alone is FreezeD for this family. AdaFM's
+  modulation applies to the residual convs of every group (`config.transfer='adafm'`).
   """
 
-  def frozen_prefixes(self) -> FrozenPrefixes:
+  def generator_groups(self) -> list[Group]:
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
 
+    return resnet_gan.generator_group_names(self.resolution)
+
+  def discriminator_groups(self) -> list[Group]:
+    from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
+
+    return resnet_gan.discriminator_group_names(self.resolution)
+
+  def modulation_site(self) -> ModulationSite:
+    return _RESNET_MODULATED
+
+  def config_transforms(self) -> list[ConfigTransform]:
+    """GmDn from `adafm.general_g` / `general_d` (this family refuses `freeze_d`)."""
     general_g, general_d = _general_split(self.config)
-    g_groups = resnet_gan.generator_group_names(self.resolution)
-    d_groups = resnet_gan.discriminator_group_names(self.resolution)
-    if general_g >= len(g_groups):
-      raise ValueError(f"adafm.general_g must be < {len(g_groups)} (G's groups at "
-                       f"{self.resolution}), got {general_g}")
-    if general_d >= len(d_groups):
-      raise ValueError(f"adafm.general_d must be < {len(d_groups)} (D's groups at "
-                       f"{self.resolution}), got {general_d}")
-    return FrozenPrefixes(
-        generator=tuple(resnet_gan.frozen_prefixes(g_groups, general_g)),
-        discriminator=tuple(resnet_gan.frozen_prefixes(d_groups, general_d)))
+    return [("freeze_g", str(general_g), "adafm.general_g"),
+            ("freeze_d", str(general_d), "adafm.general_d")]
 
   def generate(self, g_params, g_state, z, cond, key):
     del cond, key
     return self.generator.apply(variables(g_params, g_state), z), g_state
 
 
-MODULATION = "modulation"
 GENERAL = "general"
 HEAD = "head"
 
@@ -351,33 +408,26 @@ HEAD = "head"
 class AdaFMGan(Gan):
   """AdaFM (paper 002): a SmallHead over a pretrained G's frozen, modulated general part.
 
-  G's params are `{'head': ..., 'general': {resnet_k..., conv_img}, 'modulation': ...}`:
-  the general part is frozen (no gradient, no optimizer state), the modulation
-  (`gantransfer_jax.adafm`; absent for kind 'none', the SmallHead ablation) is trained
-  after `config.adafm.warmup_steps`, the head from the start. D is the pretrained ResNet
-  D with its `general_d` groups nearest the image frozen.
+  G's own params are `{'head': ..., 'general': {resnet_k..., conv_img}}`. Its config asks
+  for three transforms (`config_transforms`): the general part frozen (no gradient, no
+  optimizer state), D's `general_d` groups nearest the image frozen, and, unless kind
+  'none' (the SmallHead ablation), the AdaFM / FS modulation of the general part, kept
+  beside them under 'modulation' and trained after `config.adafm.warmup_steps` (the head
+  trains from the start). So `builder.build_gan` always wraps this family.
   """
 
-  @property
-  def spec(self) -> adafm_lib.Spec | None:
-    kind = self.config.adafm.kind
-    return None if kind == "none" else adafm_lib.Spec(kind=kind)
-
   def _structure(self, flat_params: Params, general: Params | None = None) -> Params:
-    """AdaFMGenerator's flat params -> {'head', 'general'[, 'modulation']}."""
+    """AdaFMGenerator's flat params -> {'head', 'general'}."""
     head = flat_params[HEAD]
     if general is None:
       general = {name: value for name, value in flat_params.items() if name != HEAD}
-    params = {HEAD: head, GENERAL: general}
-    if self.spec is not None:
-      params[MODULATION] = adafm_lib.init(general, self.spec)
-    return params
+    return {HEAD: head, GENERAL: general}
 
   def _flat(self, g_params: Params) -> Params:
+    """What AdaFMGenerator takes; the modulation is already applied (`TransferGan`)."""
     from gantransfer_jax.models import smallhead  # pylint: disable=g-import-not-at-top
 
-    return smallhead.generator_params(g_params[HEAD], g_params[GENERAL],
-                                      g_params.get(MODULATION))
+    return smallhead.generator_params(g_params[HEAD], g_params[GENERAL])
 
   def init(self, key):
     g_vars, d_vars = super().init(key)
@@ -398,21 +448,28 @@ class AdaFMGan(Gan):
             "d_params": pretrained["discriminator"],
             "d_state": pretrained["discriminator_state"]}
 
-  def frozen_prefixes(self) -> FrozenPrefixes:
+  def generator_groups(self) -> list[Group]:
+    """The general part first (the image side), then the head."""
+    return [(GENERAL,), (HEAD,)]
+
+  def discriminator_groups(self) -> list[Group]:
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
 
-    _, general_d = _general_split(self.config)
-    d_groups = resnet_gan.discriminator_group_names(self.resolution)
-    return FrozenPrefixes(generator=((GENERAL,),),
-                          discriminator=tuple(resnet_gan.frozen_prefixes(d_groups, general_d)))
+    return resnet_gan.discriminator_group_names(self.resolution)
 
-  def generator_optimizer(self, tx):
-    if self.spec is None:
-      return tx
-    warmup = adafm_lib.frozen_during_warmup(tx, self.config.adafm.warmup_steps)
-    labels = lambda params: {name: MODULATION if name == MODULATION else "rest"
-                             for name in params}
-    return optax.multi_transform({MODULATION: warmup, "rest": tx}, labels)
+  def modulation_site(self) -> ModulationSite:
+    return ModulationSite(scope=(GENERAL,), layers=adafm_lib.MODULATED_LAYERS)
+
+  def config_transforms(self) -> list[ConfigTransform]:
+    """The general part frozen, D's `general_d` groups frozen, and `adafm.kind`'s
+    modulation with its warm-up (none for kind 'none')."""
+    _, general_d = _general_split(self.config)
+    transforms = [("freeze_g", "1", "the general part"),
+                  ("freeze_d", str(general_d), "adafm.general_d")]
+    kind = self.config.adafm.kind
+    if kind != "none":
+      transforms.append((kind, str(self.config.adafm.warmup_steps), "adafm.kind"))
+    return transforms
 
   def generate(self, g_params, g_state, z, cond, key):
     del cond
@@ -454,12 +511,11 @@ class SNGan(Gan):
     return (self.generator.init(k_g, z, cond, train=False),
             self.discriminator.init(k_d, images, cond, train=False))
 
-  def frozen_prefixes(self) -> FrozenPrefixes:
+  def discriminator_groups(self) -> list[Group]:
+    """FreezeD counts D's blocks from the image side."""
     from gantransfer_jax.models import sngan  # pylint: disable=g-import-not-at-top
 
-    blocks = [f"blocks_{i}" for i in range(sngan.num_upsamplings(self.resolution) + 1)]
-    return FrozenPrefixes(discriminator=_first_blocks(blocks, self.config.get("freeze_d", 0),
-                                                      "freeze_d", self.resolution))
+    return [(f"blocks_{i}",) for i in range(sngan.num_upsamplings(self.resolution) + 1)]
 
   def transfer(self, fresh, pretrained):
     """As TransferGAN, except the condition embeddings G_emb and D_emb when the source

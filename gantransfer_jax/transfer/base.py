@@ -1,0 +1,115 @@
+"""The transform protocol and how a list of transforms composes.
+
+Each transform acts on one network's parameter pytree (`network`: `gan.GENERATOR` or
+`gan.DISCRIMINATOR`):
+
+  params = {**params, **t.init(params)}      # what it adds (e.g. a modulation), at init
+  seen = t.apply(params)                     # what the network's forward pass takes
+  trainable, fixed = t.trainable(params)     # what the optimizer sees, and what it never does
+  tx = t.optimizer(tx)                       # e.g. a warm-up of what it added
+
+Composition: `init` and `apply` run in the listed order, each on the previous one's
+output; `trainable` splits the previous transform's trainable part further, and the
+fixed parts are united, so a leaf any transform fixes stays fixed (splits are by leaf,
+`freezing.merge` undoes any of them); `optimizer` wraps in order, the last outermost.
+What `init` adds must stay top-level entries of their own (checkpoints, the EMA and
+resume carry them as any parameter), and `apply` removes them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import optax
+
+from gantransfer_jax import freezing
+
+Params = dict[str, Any]
+
+
+class Transform(Protocol):
+  """One transfer transform over one network's params (see the module docstring).
+
+  Attributes:
+    network: `gan.GENERATOR` or `gan.DISCRIMINATOR`.
+    adds: the top-level names its `init` adds.
+  """
+
+  network: str
+  adds: tuple[str, ...]
+
+  def init(self, params: Params) -> Params:
+    """Top-level entries to add to `params` (may be empty)."""
+
+  def apply(self, params: Params) -> Params:
+    """The params the network sees: what `init` added is consumed and removed."""
+
+  def trainable(self, params: Params) -> tuple[Params, Params]:
+    """(trainable, fixed): every leaf of `params` in exactly one of the two."""
+
+  def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The optimizer of the trainable part (most transforms return `tx`)."""
+
+
+class Identity:
+  """Defaults for a transform: adds nothing, changes nothing, fixes nothing."""
+
+  network: str
+  adds: tuple[str, ...] = ()
+
+  def init(self, params: Params) -> Params:
+    del params
+    return {}
+
+  def apply(self, params: Params) -> Params:
+    return params
+
+  def trainable(self, params: Params) -> tuple[Params, Params]:
+    return params, {}
+
+  def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    return tx
+
+
+def of(transforms: Sequence[Transform], network: str) -> list[Transform]:
+  return [t for t in transforms if t.network == network]
+
+
+def init(transforms: Sequence[Transform], network: str, params: Params) -> Params:
+  """`params` with what each of `network`'s transforms adds."""
+  for transform in of(transforms, network):
+    extra = transform.init(params)
+    clash = sorted(set(extra) & set(params))
+    if clash:
+      raise ValueError(f"transfer: {type(transform).__name__} adds {', '.join(clash)}, "
+                       "which the params already hold (a transform listed twice?)")
+    params = {**params, **extra}
+  return params
+
+
+def added(transforms: Sequence[Transform], network: str) -> tuple[str, ...]:
+  """The top-level names `network`'s transforms add to its params."""
+  return tuple(name for t in of(transforms, network) for name in t.adds)
+
+
+def apply(transforms: Sequence[Transform], network: str, params: Params) -> Params:
+  for transform in of(transforms, network):
+    params = transform.apply(params)
+  return params
+
+
+def trainable(transforms: Sequence[Transform], network: str,
+              params: Params) -> tuple[Params, Params]:
+  trainable_part, fixed = freezing.split(params, ())
+  for transform in of(transforms, network):
+    trainable_part, more = transform.trainable(trainable_part)
+    fixed = freezing.merge(fixed, more)
+  return trainable_part, fixed
+
+
+def optimizer(transforms: Sequence[Transform], network: str,
+              tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  for transform in of(transforms, network):
+    tx = transform.optimizer(tx)
+  return tx

@@ -1,0 +1,112 @@
+"""`TransferGan`: a family's `Gan` behind its transfer transforms, the one place they act.
+
+`builder.build_gan` wraps a family whose config lists transforms (`registry.from_config`)
+in it, so every consumer of a `Gan` (the train step, sample grids, evaluation, the
+`evaluate`, `select` and `sample` commands) sees the transformed parameters:
+
+* init: the family's params, plus what the transforms add (a 'modulation');
+* forward passes: `generate`, `discriminate`, `sample`, `path_length_penalty` and
+  `sample_mixed` run the family's on `apply`'s params;
+* training: `trainable` splits what the optimizer sees from what stays fixed, and the
+  optimizers are the family's, wrapped by the transforms (a warm-up);
+* transfer: the family's, with what the transforms add taken from the source
+  checkpoint where it has it (a continued finetune) and fresh otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from gantransfer_jax import freezing
+from gantransfer_jax.models import gan as gan_lib
+from gantransfer_jax.transfer import base
+
+G, D = gan_lib.GENERATOR, gan_lib.DISCRIMINATOR
+
+
+def _without(params: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+  return {name: value for name, value in params.items() if name not in names}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TransferGan(gan_lib.Gan):
+  """`base` behind `transforms` (see the module docstring). `generator` and
+  `discriminator` are the base family's modules: calling their `apply` directly
+  bypasses the transforms (`network_params` gives what they should see)."""
+
+  base: gan_lib.Gan | None = None
+  transforms: tuple[base.Transform, ...] = ()
+
+  @classmethod
+  def wrap(cls, family_gan: gan_lib.Gan, transforms) -> TransferGan:
+    return cls(family_gan.generator, family_gan.discriminator, family_gan.config,
+               family_gan.cond_dim, base=family_gan, transforms=tuple(transforms))
+
+  def _seen(self, network: str, params):
+    return base.apply(self.transforms, network, params)
+
+  # ---- Initialisation and transfer ----
+
+  def init(self, key):
+    g_vars, d_vars = self.base.init(key)
+    return ({**g_vars, "params": base.init(self.transforms, G, g_vars["params"])},
+            {**d_vars, "params": base.init(self.transforms, D, d_vars["params"])})
+
+  def transfer(self, fresh, pretrained):
+    g_added, d_added = base.added(self.transforms, G), base.added(self.transforms, D)
+    loaded = self.base.transfer(
+        {**fresh, "g_params": _without(fresh["g_params"], g_added),
+         "d_params": _without(fresh["d_params"], d_added)},
+        {**pretrained, "generator": _without(pretrained["generator"], g_added),
+         "generator_ema": _without(pretrained["generator_ema"], g_added),
+         "discriminator": _without(pretrained["discriminator"], d_added)})
+    for field, source, fresh_field, names in (
+        ("g_params", "generator", "g_params", g_added),
+        ("g_ema_params", "generator_ema", "g_params", g_added),
+        ("d_params", "discriminator", "d_params", d_added)):
+      extras = {name: pretrained[source].get(name, fresh[fresh_field][name]) for name in names}
+      loaded[field] = {**loaded[field], **extras}
+    return loaded
+
+  # ---- Training ----
+
+  def trainable(self, network, params):
+    trainable, fixed = self.base.trainable(network, params)
+    trainable, more = base.trainable(self.transforms, network, trainable)
+    return trainable, freezing.merge(fixed, more)
+
+  def generator_optimizer(self, tx):
+    return base.optimizer(self.transforms, G, self.base.generator_optimizer(tx))
+
+  def discriminator_optimizer(self, tx):
+    return base.optimizer(self.transforms, D, self.base.discriminator_optimizer(tx))
+
+  def network_params(self, network, params):
+    return self.base.network_params(network, self._seen(network, params))
+
+  # ---- Forward passes: the family's, on the transformed params ----
+
+  def generate(self, g_params, g_state, z, cond, key):
+    return self.base.generate(self._seen(G, g_params), g_state, z, cond, key)
+
+  def discriminate(self, d_params, d_state, images, cond):
+    return self.base.discriminate(self._seen(D, d_params), d_state, images, cond)
+
+  def sample(self, g_params, g_state, z, cond, key):
+    return self.base.sample(self._seen(G, g_params), g_state, z, cond, key)
+
+  def path_length_penalty(self, g_params, g_state, z, cond, key, pl_mean):
+    return self.base.path_length_penalty(self._seen(G, g_params), g_state, z, cond, key,
+                                         pl_mean)
+
+  @property
+  def sample_mixed(self):
+    """The family's style mixing on the transformed params; an AttributeError where the
+    family has none."""
+    family_mixed = self.base.sample_mixed
+
+    def sample_mixed(g_params, g_state, *args, **kwargs):
+      return family_mixed(self._seen(G, g_params), g_state, *args, **kwargs)
+
+    return sample_mixed
