@@ -127,7 +127,9 @@ def _dip_outputs(model: Model, out: str, key: jax.Array, num: int, edits: Sequen
   from gantransfer_jax import priors  # pylint: disable=g-import-not-at-top
 
   generator = model.gan.generator
-  g_vars = gan_lib.variables(model.params, model.state)
+  # DIP's grids run the generator module itself: with the params it sees (transforms applied).
+  g_vars = gan_lib.variables(model.gan.network_params(gan_lib.GENERATOR, model.params),
+                             model.state)
   train_priors = model.sampler.data["priors"]
   train_images = sampler_lib.uint8_to_float(jnp.asarray(model.sampler.data["images"]))
   k_grids, k_edit, k_invert = jax.random.split(key, 3)
