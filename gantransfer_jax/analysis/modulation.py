@@ -36,7 +36,7 @@ from flax import traverse_util
 FACTORS = ("gamma", "beta")
 # Where `adafm.init` starts: W' = 1 * W + 0 = W.
 IDENTITY = {"gamma": 1.0, "beta": 0.0}
-MODULATION = "modulation"  # = models.gan.MODULATION; not imported to keep the CLI light.
+MODULATION = "modulation"  # = transfer.modulation.KEY; not imported to keep the CLI light.
 
 Statistics = dict[str, dict[str, np.ndarray]]
 
