@@ -238,9 +238,9 @@ def scores(reference: inception.ReferenceStats, features: np.ndarray,
 
 
 def convergence_from_history(records: list[dict[str, Any]]) -> float | None:
-  """kimg at which eval/fid first came within 5% of its best (papers 001, 004)."""
-  evals = [(r["perf/kimg"], r["eval/fid"]) for r in records
-           if r.get("eval/fid") is not None and r.get("perf/kimg") is not None]
+  """kimg at which the primary score (FID) first came within 5% of its best (papers 001, 004)."""
+  evals = [(r["perf/kimg"], r[registry.PRIMARY_KEY]) for r in records
+           if r.get(registry.PRIMARY_KEY) is not None and r.get("perf/kimg") is not None]
   if not evals:
     return None
   kimg, fids = zip(*evals)

@@ -34,6 +34,7 @@ import numpy as np
 
 from gantransfer_jax import evaluation
 from gantransfer_jax import writers
+from gantransfer_jax.metrics import registry
 
 CONFIG_FILE = "config.json"
 _SAMPLE_FILE = re.compile(r"step_(\d+)\.png$")
@@ -78,7 +79,7 @@ class RunHistory:
 
   @property
   def evaluated(self) -> bool:
-    return len(self.curve("eval/fid")[0]) > 0
+    return len(self.curve(registry.PRIMARY_KEY)[0]) > 0
 
   @property
   def convergence_kimg(self) -> float | None:
@@ -90,7 +91,7 @@ class RunHistory:
     kimg = self.convergence_kimg
     if kimg is None:
       return None
-    kimgs, fids = self.curve("eval/fid")
+    kimgs, fids = self.curve(registry.PRIMARY_KEY)
     return float(fids[np.flatnonzero(kimgs == kimg)[0]])
 
   @property
@@ -127,7 +128,7 @@ def load_run(workdir: str, *, require_evaluations: bool = True) -> RunHistory:
     if not os.path.exists(os.path.join(workdir, writers.METRICS_FILE)):
       problem = f"no {writers.METRICS_FILE} (is it a training workdir? has it started?)"
     else:
-      problem = f"{writers.METRICS_FILE} holds no evaluation (eval/fid) records"
+      problem = f"{writers.METRICS_FILE} holds no evaluation ({registry.PRIMARY_KEY}) records"
     raise NoEvaluationsError(
         f"{workdir}: {problem}. Train with --config.eval_every=N (e.g. a tenth of "
         "--config.total_steps) to record FID/KID/precision/recall every N steps; "
@@ -165,7 +166,7 @@ def compare_figure(runs: Sequence[RunHistory]):
   fig, axes = plt.subplots(1, 3 if with_p else 2, figsize=(18 if with_p else 12, 4.5))
   ax_fid, ax_recall = axes[:2]
   for run, label in zip(runs, unique_labels(runs)):
-    kimg, fid = run.curve("eval/fid")
+    kimg, fid = run.curve(registry.PRIMARY_KEY)
     (line,) = ax_fid.plot(kimg, fid, marker=".", label=label)
     color = line.get_color()
     converged = run.convergence_kimg
@@ -270,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   except NoEvaluationsError as e:
     raise SystemExit(f"error: {e}") from None
   for run, label in zip(result.runs, unique_labels(result.runs)):
-    kimg, fid = run.curve("eval/fid")
+    kimg, fid = run.curve(registry.PRIMARY_KEY)
     print(f"{label}: {len(kimg)} evaluations up to {kimg[-1]:g} kimg, final FID "
           f"{fid[-1]:.2f}, best {np.min(fid):.2f}, within 5% of best at "
           f"{run.convergence_kimg:g} kimg")

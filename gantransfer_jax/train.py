@@ -583,8 +583,8 @@ class _PeriodicEvaluation:
         sample_cond=functools.partial(setup.sampler.sample_cond, setup.data),
         cache_dir=os.path.join(workdir, "data_cache"))
     self._best = checkpoints.Checkpointer(os.path.join(workdir, "best"), keep=1)
-    fids = [r["eval/fid"] for r in writers.read_metrics(workdir)
-            if r.get("eval/fid") is not None]
+    fids = [r[registry.PRIMARY_KEY] for r in writers.read_metrics(workdir)
+            if r.get(registry.PRIMARY_KEY) is not None]
     self._best_fid = min(fids, default=float("inf"))  # Survives a resume.
     self._last_step = None
 
@@ -601,8 +601,8 @@ class _PeriodicEvaluation:
     logging.info("eval at step %d: %s", step, ", ".join(
         f"{score.display} {scores[f'eval/{score.name}']:{score.log_format}}"
         for score in registry.headline_scores()))
-    if scores["eval/fid"] < self._best_fid:
-      self._best_fid = scores["eval/fid"]
+    if scores[registry.PRIMARY_KEY] < self._best_fid:
+      self._best_fid = scores[registry.PRIMARY_KEY]
       with stop.uninterrupted() if stop is not None else contextlib.nullcontext():
         self._best.save(step, state, self._config)
     self._last_step = step

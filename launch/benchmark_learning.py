@@ -32,6 +32,7 @@ from gantransfer_jax import evaluation
 from gantransfer_jax import images as image_lib
 from gantransfer_jax import parallel
 from gantransfer_jax import train
+from gantransfer_jax.metrics import registry
 
 _CONFIG = flags.DEFINE_string("config", "finetune:scratch,quick", "CONFIG:PRESET of configs/.")
 _STEPS = flags.DEFINE_integer("steps", 0, "Training steps (0: the preset's total_steps).")
@@ -95,7 +96,7 @@ def main(argv):
   reals = train.fixed_training_images(config, setup)
   fid = float("nan")
   for step, (g_ema, g_state) in sorted(snapshots.items()):
-    fid = evaluator(g_ema, g_state)["eval/fid"]
+    fid = evaluator(g_ema, g_state)[registry.PRIMARY_KEY]
     print(f"kimg {step * config.batch_size / 1000:g} FID {fid:.1f}", flush=True)
     if _OUT.value:
       fakes = sample(state.replace(g_ema_params=g_ema, g_state=g_state))

@@ -339,8 +339,8 @@ def summarize(workdir: str, defaults: dict[str, Any] | None = None) -> dict[str,
     row["status"] = "no evaluation" if finished else "unfinished"
     return row
   row["status"] = "finished" if finished else "unfinished"
-  kimg, fid = history.curve("eval/fid")
-  final = next(r for r in reversed(history.records) if r.get("eval/fid") is not None)
+  kimg, fid = history.curve(registry.PRIMARY_KEY)
+  final = next(r for r in reversed(history.records) if r.get(registry.PRIMARY_KEY) is not None)
   row.update({score.name: final.get(f"eval/{score.name}")
               for score in registry.headline_scores()})
   row.update(kimg=float(kimg[-1]), fid=float(fid[-1]), best_fid=float(np.min(fid)),

@@ -29,6 +29,7 @@ from gantransfer_jax.metrics import distances
 INCEPTION = "inception"  # The FID InceptionV3's 2048-d pool features.
 # The score that picks the best checkpoint and the convergence point (train.py, plot.py).
 PRIMARY = "fid"
+PRIMARY_KEY = f"eval/{PRIMARY}"  # Its key in metrics.jsonl.
 
 
 @dataclasses.dataclass(frozen=True)
