@@ -130,13 +130,18 @@ class FirstCalls:
     self._compiled: dict[Hashable, Callable[..., Any]] = {}
     self._seconds = 0.0
 
-  def call(self, fn: Callable[..., Any], *args: Any, **static: Hashable) -> Any:
-    """`fn(*args, **static)` for a jitted `fn`; the variant is the static keyword
-    arguments. Each variant is compiled ahead of its first run and every process waits
-    for the others before running it (see `parallel.barrier`)."""
+  def call(self, fn: Callable[..., Any], *args: Any, **keywords: Hashable) -> Any:
+    """`fn(*args, **keywords)` for a jitted `fn`; the variant is the static keyword
+    arguments: all of them, except those named by `fn.runtime_keywords`, which pick no
+    program and go to the compiled executable at every call (the train step of
+    `regularizer_dispatch='cond'`). Each variant is compiled ahead of its first run and
+    every process waits for the others before running it (see `parallel.barrier`)."""
+    runtime_names = getattr(fn, "runtime_keywords", ())
+    runtime = {k: v for k, v in keywords.items() if k in runtime_names}
+    static = {k: v for k, v in keywords.items() if k not in runtime_names}
     variant = tuple(sorted(static.items()))
     if variant in self._compiled:
-      return self._compiled[variant](*args)
+      return self._compiled[variant](*args, **runtime)
     options = ", ".join(f"{k}={v}" for k, v in variant)
     self._log(f"compiling {self.what}{f' ({options})' if options else ''}...")
     import jax  # pylint: disable=g-import-not-at-top  (the CLI imports this module early)
@@ -146,7 +151,7 @@ class FirstCalls:
     compiled = fn.lower(*args, **static).compile()
     parallel.barrier(f"compiled {self.what} {options}")
     self._compiled[variant] = compiled
-    out = jax.block_until_ready(compiled(*args))
+    out = jax.block_until_ready(compiled(*args, **runtime))
     seconds = self._clock() - start
     self._seconds += seconds
     self._log(f"compiled {self.what} and ran it once in {format_duration(seconds)}")

@@ -5,8 +5,9 @@ One train step = one generator update then `config.loss.d_steps` discriminator u
 G step, which over a run is the same alternation). Everything inside the step runs on
 device: the training batch (and its conditions) is sampled there, synthesized when
 pretraining, and so are latents, DiffAugment and the regularisers. The step is jitted
-once per (R1, path-length) combination; all randomness is `fold_in(key(seed), step)`,
-so a resumed run is bit-identical to an uninterrupted one. With `config.batch_rounds`
+once per (R1, path-length) combination (with `config.regularizer_dispatch='cond'`
+once, the lazy regularisers behind `lax.cond`: CondTrainStep); all randomness is
+`fold_in(key(seed), step)`, so a resumed run is bit-identical to an uninterrupted one. With `config.batch_rounds`
 > 1 every pass takes the batch in that many rounds, one after another, and averages
 their gradients (`accumulate_rounds`; the official code's `--batch-gpu`): what bounds
 the memory of the 256 x 256 presets (README, "Memory and throughput").
@@ -159,6 +160,10 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
                     sampler: sampler_lib.Sampler, g_tx, d_tx, mesh) -> Callable:
   """Returns `step(state, data, do_r1, do_pl) -> (state, metrics)`, jitted, donating state.
 
+  The flags are Python bools. `config.regularizer_dispatch` says how they are compiled:
+  'static' (jit's static arguments: one program per combination a run meets, up to four)
+  or 'cond' (one program, the lazy regularisers behind `lax.cond`; a CondTrainStep).
+
   `sampler.sample(data, key, batch)` draws the real batch on device from `data`.
   Gradients are taken only with respect to the trainable part of each network
   (`gan.trainable`: what its transfer transforms leave trainable).
@@ -243,9 +248,21 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
       loss = loss + bcr_weight * (bcr_real + bcr_fake)
       metrics.update({"loss/bcr_real": bcr_real, "loss/bcr_fake": bcr_fake})
     if do_r1:
-      loss = loss + r1 * (loss_cfg.r1_gamma / 2) * loss_cfg.r1_interval
+      loss = loss + weighted_r1(r1)
       metrics["loss/r1"] = r1
     return loss, (d_state, metrics)
+
+  def weighted_r1(r1):
+    return r1 * (loss_cfg.r1_gamma / 2) * loss_cfg.r1_interval
+
+  def r1_loss_fn(d_trainable, d_frozen, d_state, reals, cond, key, p):
+    """R1 alone, on d_loss_fn's augmentation of the reals (its own pass: see d_grads_fn)."""
+    d_params = freezing.merge(d_trainable, d_frozen)
+    k_real = jax.random.split(key, 4)[0]
+    r1, _ = losses.r1_penalty(
+        lambda images: discriminate(d_params, d_state, images, cond, k_real, p), reals,
+        has_aux=True)
+    return weighted_r1(r1), r1
 
   def d_grads_fn(d_trainable, d_frozen, g_params, g_state, data, do_r1, p, d_state, key):
     """D's gradients on one round: fresh reals, z and fakes."""
@@ -254,8 +271,28 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     cond = real_batch.get("cond")  # The fakes share the reals' conditions (Algorithm 1).
     fakes, _ = gan.generate(g_params, g_state, latents(k_z, round_batch), cond, k_gen)
     fakes = jax.lax.stop_gradient(fakes)
-    return jax.grad(d_loss_fn, has_aux=True)(
-        d_trainable, d_frozen, d_state, real_batch["images"], fakes, cond, k_d, do_r1, p)
+
+    reals = real_batch["images"]
+    if isinstance(do_r1, bool):
+      return jax.grad(d_loss_fn, has_aux=True)(
+          d_trainable, d_frozen, d_state, reals, fakes, cond, k_d, do_r1, p)
+    # Traced (regularizer_dispatch='cond'): the loss's gradients outside any branch, and
+    # R1's in a pass of its own behind lax.cond. Branching the whole D gradient instead
+    # put the pass every step runs inside an XLA conditional, which ran at half speed on
+    # the CPU (quick: 16.7-17.0 img/s against the static steps' 33.3-34.5; this: 41.7).
+    # The price: on R1 steps the reals go through D twice, not once. The R1 pass's D
+    # state is dropped: the same forward pass on the same reals as the loss's gave it.
+    grads, (new_d_state, metrics) = jax.grad(d_loss_fn, has_aux=True)(
+        d_trainable, d_frozen, d_state, reals, fakes, cond, k_d, False, p)
+
+    def add_r1(grads):
+      r1_grads, r1 = jax.grad(r1_loss_fn, has_aux=True)(
+          d_trainable, d_frozen, d_state, reals, cond, k_d, p)
+      return jax.tree.map(jnp.add, grads, r1_grads), {"loss/r1": r1}
+
+    grads, r1_metrics = jax.lax.cond(
+        do_r1, add_r1, lambda grads: (grads, _placeholders(R1_METRICS)), grads)
+    return grads, (new_d_state, {**metrics, **r1_metrics})
 
   def d_update(g_params, g_state, data, do_r1, p, carry, key):
     """One discriminator step (Algorithm 1's inner loop)."""
@@ -280,8 +317,8 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
         lambda g_state, key: jax.grad(g_loss_fn, has_aux=True)(
             g_trainable, g_frozen, g_state, state, data, key),
         g_trainable, state.g_state, k_g, rounds)
-    pl_mean = state.pl_mean
-    if do_pl:
+
+    def add_path_length(g_grads, pl_mean):
       # Differentiated apart and ordered after the main pass (the barrier holds its
       # inputs until the main gradients exist), so that the activations of the two
       # passes need not be held at once (README, "Memory and throughput").
@@ -290,7 +327,18 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
           lambda pl_mean, key: jax.grad(pl_loss_fn, has_aux=True)(
               g_trainable_pl, g_frozen, pl_mean, state, data, key),
           g_trainable_pl, pl_mean, k_g, rounds)
-      g_grads = jax.tree.map(jnp.add, g_grads, pl_grads)
+      return jax.tree.map(jnp.add, g_grads, pl_grads), pl_mean, pl_metrics
+
+    pl_mean = state.pl_mean
+    if isinstance(do_pl, bool):
+      if do_pl:
+        g_grads, pl_mean, pl_metrics = add_path_length(g_grads, pl_mean)
+        g_metrics = {**g_metrics, **pl_metrics}
+    else:  # Traced (regularizer_dispatch='cond'): without it pl_mean passes unchanged.
+      g_grads, pl_mean, pl_metrics = jax.lax.cond(
+          do_pl, add_path_length,
+          lambda g_grads, pl_mean: (g_grads, pl_mean, _placeholders(PL_METRICS)),
+          g_grads, pl_mean)
       g_metrics = {**g_metrics, **pl_metrics}
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, g_trainable)
     g_params = freezing.merge(optax.apply_updates(g_trainable, g_updates), g_frozen)
@@ -328,13 +376,114 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     return state.replace(step=state.step + 1, d_params=d_params, d_state=d_state,
                          d_opt_state=d_opt_state, augment_state=augment_state), d_metrics
 
-  def train_step(state: TrainState, data, do_r1: bool, do_pl: bool):
+  def train_step(state: TrainState, data, do_r1: bool | jax.Array, do_pl: bool | jax.Array):
     state, g_metrics = g_phase(state, data, do_pl)
     state, d_metrics = d_phase(state, data, do_r1)
     return state, {**g_metrics, **d_metrics}
 
-  return jax.jit(train_step, static_argnames=("do_r1", "do_pl"), donate_argnums=0,
-                 out_shardings=(parallel.replicated(mesh),) * 2)
+  out_shardings = (parallel.replicated(mesh),) * 2
+  dispatch = config.get("regularizer_dispatch", "static")
+  if dispatch == "static":
+    return jax.jit(train_step, static_argnames=("do_r1", "do_pl"), donate_argnums=0,
+                   out_shardings=out_shardings)
+  if dispatch != "cond":
+    raise ValueError(f"regularizer_dispatch must be 'static' or 'cond', got {dispatch!r}")
+  fixed = constant_regularizers(config)
+
+  def cond_step(state: TrainState, data, do_r1: jax.Array, do_pl: jax.Array):
+    # A regulariser the schedule runs on every step or on none is compiled in or out:
+    # a branch would only add its other side to the program.
+    return train_step(state, data, fixed.get("do_r1", do_r1), fixed.get("do_pl", do_pl))
+
+  return CondTrainStep(jax.jit(cond_step, donate_argnums=0, out_shardings=out_shardings),
+                       fixed, parallel.replicated(mesh))
+
+
+# The metrics only a regulariser's steps have; a 'cond' step computes placeholders for
+# them on the other steps, which CondTrainStep drops before anyone sees them.
+R1_METRICS = ("loss/r1",)
+PL_METRICS = ("loss/pl",)
+_METRICS_OF_FLAG = {"do_r1": R1_METRICS, "do_pl": PL_METRICS}
+
+
+def _placeholders(names) -> dict[str, jax.Array]:
+  # The penalties are float32 scalars (losses stay float32 under mixed precision);
+  # lax.cond checks that both branches agree.
+  return {name: jnp.zeros((), jnp.float32) for name in names}
+
+
+def constant_regularizers(config: ml_collections.ConfigDict) -> dict[str, bool]:
+  """The regulariser flags `regularizer_schedule` gives the same value at every step:
+  off (weight 0) or on every step (interval 1)."""
+  loss = config.loss
+  fixed = {}
+  for flag, weight, interval in (("do_r1", loss.r1_gamma, loss.r1_interval),
+                                 ("do_pl", loss.pl_weight, loss.pl_interval)):
+    if weight <= 0 or interval == 1:
+      fixed[flag] = bool(weight > 0)
+  return fixed
+
+
+class CondTrainStep:
+  """The train step of `regularizer_dispatch='cond'`: one program for every step of a
+  run, the lazy regularisers behind `lax.cond` on traced flags.
+
+  Called, lowered and compiled as the static step is, with Python-bool flags:
+  `step(state, data, do_r1=, do_pl=)`; `step.lower(state, data).compile()` gives one
+  executable that is called the same way. The metrics of a regulariser that did not run
+  are dropped here, on the host, from the flags: the loop averages each metric over the
+  steps that have it and takes a non-finite one for divergence.
+  `runtime_keywords` tells `progress.FirstCalls` that the flags pick no program.
+  """
+
+  runtime_keywords = ("do_r1", "do_pl")
+
+  def __init__(self, program, fixed: dict[str, bool], sharding):
+    self.program = program  # program(state, data, do_r1, do_pl), the flags as bool arrays.
+    self._fixed = fixed     # Flags compiled in (constant_regularizers).
+    self._sharding = sharding
+    # Made once, replicated over the mesh as the state is (every process holds them).
+    self._flag_values = {value: jax.device_put(np.bool_(value), sharding)
+                         for value in (False, True)}
+
+  def __call__(self, state, data, *, do_r1: bool, do_pl: bool):
+    flags = {"do_r1": bool(do_r1), "do_pl": bool(do_pl)}
+    for flag, value in flags.items():
+      if self._fixed.get(flag, value) != value:
+        raise ValueError(
+            f"this step compiles {flag}={self._fixed[flag]} into every step (the "
+            f"config's schedule never changes it): {flag}={value} needs "
+            "regularizer_dispatch='static'")
+    state, metrics = self.program(state, data, self._flag_values[flags["do_r1"]],
+                                  self._flag_values[flags["do_pl"]])
+    dropped = {name for flag, value in flags.items() if not value
+               for name in _METRICS_OF_FLAG[flag]}
+    return state, {k: v for k, v in metrics.items() if k not in dropped}
+
+  def lower(self, state, data) -> "_CondLowered":
+    flag = self._flag_values[True]
+    return _CondLowered(self.program.lower(state, data, flag, flag), self._fixed,
+                        self._sharding)
+
+  def __getattr__(self, name):  # The program's own (_cache_size, eval_shape, ...).
+    if name == "program":
+      raise AttributeError(name)
+    return getattr(self.program, name)
+
+
+class _CondLowered:
+  """`jax.stages.Lowered` of a CondTrainStep; `compile()` keeps the Python-bool calls."""
+
+  def __init__(self, lowered, fixed, sharding):
+    self._lowered, self._fixed, self._sharding = lowered, fixed, sharding
+
+  def compile(self) -> CondTrainStep:
+    return CondTrainStep(self._lowered.compile(), self._fixed, self._sharding)
+
+  def __getattr__(self, name):  # as_text, compiler_ir, cost_analysis, ...
+    if name == "_lowered":
+      raise AttributeError(name)
+    return getattr(self._lowered, name)
 
 
 def accumulate_rounds(grad_fn: Callable, params, carry, key: jax.Array, rounds: int):

@@ -14,6 +14,7 @@ from gantransfer_jax import errors
 from gantransfer_jax.models import families
 
 LOSSES = ("nonsaturating", "hinge", "wasserstein")
+REGULARIZER_DISPATCH = ("static", "cond")  # train.make_train_step
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -212,6 +213,10 @@ def validate_train_config(config: ml_collections.ConfigDict, workdir: str,
         f"batch_size {config.batch_size} must be divisible by the minibatch-stddev group "
         f"size {group} (config.{family.config_section}.mbstd_group_size)"
         + (f" in each of its {rounds} batch_rounds" if rounds > 1 else ""))
+  dispatch = config.get("regularizer_dispatch", "static")
+  if dispatch not in REGULARIZER_DISPATCH:
+    problems.append(f"regularizer_dispatch {dispatch!r} is unknown; valid: "
+                    f"{', '.join(REGULARIZER_DISPATCH)}")
   for field in ("total_steps", "log_every", "sample_every", "checkpoint_every"):
     if config[field] <= 0:
       problems.append(f"{field} must be positive, got {config[field]}")
@@ -287,6 +292,7 @@ RESUMABLE_FIELDS = frozenset({
     "total_steps", "keep_checkpoints", "eval_num_images", "num_sample_images",
     "distributed", "resume_with_changed_config",
     "stylegan2.remat",  # Recomputes activations: memory, not results.
+    "regularizer_dispatch",  # How the step is compiled, not what it computes.
 })
 
 

@@ -10,10 +10,11 @@ file's presets: 'resnet+quick' is 'resnet,quick'), or any CONFIG:PRESET of confi
 computed first): builds the sharded train step exactly as training does (synthesis
 or real-data sampling, DiffAugment, R1 and path-length included on their schedule),
 compiles each step variant the preset's lazy schedule runs (R1 x path length; all
-four with `--all_variants`) and prints its compile time and the memory XLA plans for
-it, then times `--steps` steps after `--warmup` steps with those executables and
-prints images/s, ms/step, the largest planned footprint, and the measured peak
-(device allocator on GPU/TPU, process RSS on CPU). The last line is
+four with `--all_variants`; one, 'cond', with `--set=regularizer_dispatch=cond`) and
+prints its compile time and the memory XLA plans for it, then times `--steps` steps
+after `--warmup` steps with those executables and prints images/s, ms/step, the
+largest planned footprint, and the measured peak (device allocator on GPU/TPU,
+process RSS on CPU). The last line is
 `planned peak GiB: X`, the maximum over all presets and variants.
 `--compile_only` stops after the memory plan: a quick "does it fit?" check.
 """
@@ -54,9 +55,17 @@ def peak_memory_gib() -> tuple[float, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
 
 
+def is_cond(config) -> bool:
+  """One program with the regularisers behind lax.cond (train.CondTrainStep)."""
+  return config.get("regularizer_dispatch", "static") == "cond"
+
+
 def step_variants(config) -> list[dict[str, bool]]:
   """The (R1, path length) combinations a run compiles: its lazy schedule over one
-  period (lcm of the intervals), or all four with --all_variants."""
+  period (lcm of the intervals), or all four with --all_variants; with
+  regularizer_dispatch='cond' one program (no static flags) serves them all."""
+  if is_cond(config):
+    return [{}]
   if _ALL_VARIANTS.value:
     return [{"do_r1": r1, "do_pl": pl} for r1 in (True, False) for pl in (True, False)]
   period = math.lcm(config.loss.get("r1_interval", 1), config.loss.get("pl_interval", 1))
@@ -69,6 +78,8 @@ def step_variants(config) -> list[dict[str, bool]]:
 
 
 def variant_name(flags_: dict[str, bool]) -> str:
+  if not flags_:
+    return "cond"
   return "+".join(n for n, on in (("R1", flags_["do_r1"]), ("PL", flags_["do_pl"])) if on) or "plain"
 
 
@@ -109,6 +120,8 @@ def benchmark(preset: str) -> dict:
 
   def run(state, step):
     flags_ = train.regularizer_schedule(step, config)
+    if is_cond(config):  # The flags go to the one executable.
+      return executables[()](state, setup.data, **flags_)
     return executables[tuple(flags_.items())](state, setup.data)
 
   state = setup.state
