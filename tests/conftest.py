@@ -9,8 +9,19 @@ import os
 NUM_TEST_DEVICES = 4
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Single-threaded Eigen kernels: with several emulated devices on few cores, XLA's CPU
+# runtime can resume a device's program (its all-reduce) on an Eigen pool thread and block
+# it there waiting for the other devices, whose work is queued on that same pool; after
+# 40 s the rendezvous aborts the process ("Termination timeout for all reduce", the xdist
+# "node down" of test_select). Measured on 2 cores, test_torch_pickle + test_select's
+# training test in one process: aborts in 2 of 3, 1 of 4 and 1 of 5 runs with the default
+# (with 2 devices too, and without async dispatch), a hang at zero load with the timeout
+# raised to 400 s (a deadlock, not a slow peer), and 0 aborts in 4 runs with this flag.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_TEST_DEVICES}"
+    os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={NUM_TEST_DEVICES}"
+    + ("" if "xla_cpu_multi_thread_eigen" in os.environ.get("XLA_FLAGS", "")
+       else " --xla_cpu_multi_thread_eigen=false")
 ).strip()
 # TensorFlow (pulled in by clu writers / tfds) must never grab an accelerator.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
