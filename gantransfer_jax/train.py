@@ -220,9 +220,14 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
     loss = penalty * loss_cfg.pl_weight * loss_cfg.pl_interval
     return loss, (pl_mean, {"loss/pl": penalty})
 
+  def d_loss_keys(key):
+    """(reals', fakes', bCR reals', bCR fakes') augmentation keys: r1_loss_fn must
+    augment the reals exactly as d_loss_fn does."""
+    return jax.random.split(key, 4)
+
   def d_loss_fn(d_trainable, d_frozen, d_state, reals, fakes, cond, key, do_r1, p):
     d_params = freezing.merge(d_trainable, d_frozen)
-    k_real, k_fake, k_bcr_real, k_bcr_fake = jax.random.split(key, 4)
+    k_real, k_fake, k_bcr_real, k_bcr_fake = d_loss_keys(key)
 
     def discriminate_reals(images):
       return discriminate(d_params, d_state, images, cond, k_real, p)
@@ -258,7 +263,7 @@ def make_train_step(config: ml_collections.ConfigDict, gan: gan_lib.Gan,
   def r1_loss_fn(d_trainable, d_frozen, d_state, reals, cond, key, p):
     """R1 alone, on d_loss_fn's augmentation of the reals (its own pass: see d_grads_fn)."""
     d_params = freezing.merge(d_trainable, d_frozen)
-    k_real = jax.random.split(key, 4)[0]
+    k_real = d_loss_keys(key)[0]
     r1, _ = losses.r1_penalty(
         lambda images: discriminate(d_params, d_state, images, cond, k_real, p), reals,
         has_aux=True)
@@ -414,14 +419,10 @@ def _placeholders(names) -> dict[str, jax.Array]:
 
 def constant_regularizers(config: ml_collections.ConfigDict) -> dict[str, bool]:
   """The regulariser flags `regularizer_schedule` gives the same value at every step:
-  off (weight 0) or on every step (interval 1)."""
-  loss = config.loss
-  fixed = {}
-  for flag, weight, interval in (("do_r1", loss.r1_gamma, loss.r1_interval),
-                                 ("do_pl", loss.pl_weight, loss.pl_interval)):
-    if weight <= 0 or interval == 1:
-      fixed[flag] = bool(weight > 0)
-  return fixed
+  off (weight 0) or on every step (interval 1). A lazy flag is on at step 0 and off at
+  step 1, so those two steps tell."""
+  first, second = regularizer_schedule(0, config), regularizer_schedule(1, config)
+  return {flag: value for flag, value in first.items() if second[flag] == value}
 
 
 class CondTrainStep:
