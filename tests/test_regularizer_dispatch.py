@@ -18,8 +18,18 @@ SCHEDULE = [dict(do_r1=True, do_pl=True), dict(do_r1=False, do_pl=False),
 # differently by XLA inside the branches, so float32 rounding only. (Compared along two
 # separate 4-step trajectories instead, Adam's normalisation magnifies it on near-zero
 # gradients: D's biases differed by 9e-5 after 4 steps, exactly as much as the static
-# step on one device against four.) The tolerance of test_train.py's device test.
+# step on one device against four.) The metrics: the tolerance of test_train.py's device
+# test. The state: D's first block has near-cancelling gradients at initialisation (D
+# cannot yet tell reals from fakes), so one step's rounding shows in them. Measured with
+# the FIR filters as fused slices (layers.upfirdn2d), the largest differences were, for
+# cond against static: 2.9e-5 in D's parameters and 4.1e-4 in its Adam moments (the
+# PL-only step); for the same static step on one device against four (the same program,
+# another reduction order): 6.6e-5 and 3.5e-4 (the plain step). That is the rounding floor
+# of two equivalent programs. A wrong branch changes the metrics or their keys, and moves
+# parameters by about the learning rate (2e-3).
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+STATE_TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+OPT_STATE_TOLERANCE = dict(rtol=1e-4, atol=1e-3)
 FIELDS = ("g_params", "g_ema_params", "d_params", "g_opt_state", "d_opt_state",
           "g_state", "d_state", "pl_mean", "step", "augment_state")
 
@@ -56,7 +66,9 @@ def test_cond_matches_static_on_all_four_combinations_and_compiles_once():
     expected, got = jax.device_get((state, cond_state))
     for field in FIELDS:
       jax.tree.map(lambda a, b, field=field: np.testing.assert_allclose(
-          b, a, err_msg=f"{flags} {field}", **TOLERANCE), getattr(expected, field),
+          b, a, err_msg=f"{flags} {field}",
+          **(OPT_STATE_TOLERANCE if field.endswith("opt_state") else STATE_TOLERANCE)),
+          getattr(expected, field),
           getattr(got, field))
   assert float(state.pl_mean) != 0  # Path length did run (and moved its mean).
   assert cond.train_step._cache_size() == 1  # pylint: disable=protected-access

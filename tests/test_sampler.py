@@ -65,3 +65,6 @@ def test_synthetic_source_needs_no_data_and_bad_sources_fail(tmp_path):
   config.data.source = "ftp:somewhere"
   with pytest.raises(ValueError):
     sampler.check_source(config)
+  config.data.source = None  # A finetune preset's placeholder, never filled in.
+  with pytest.raises(ValueError, match="config.data.source is not set"):
+    sampler.check_source(config)

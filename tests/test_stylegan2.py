@@ -258,12 +258,15 @@ def _channel_conv(x, w, correlate):
 def test_upfirdn2d_matches_official_reference_with_asymmetric_filter():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
-  f = rng.standard_normal((4, 4)).astype(np.float32)  # asymmetric: catches flips
-  for up, down, pad in [(1, 1, (1, 2, 0, 3)), (2, 1, (2, 1, 2, 1)), (1, 2, (1, 1, 1, 1)),
-                        (2, 1, (-1, 2, 3, -2))]:
-    expected = _upfirdn2d_reference(x, f, up, down, pad, gain=1.5)
-    result = layers.upfirdn2d(jnp.asarray(x), f, up=up, down=down, padding=pad, gain=1.5)
-    np.testing.assert_allclose(result, expected, atol=1e-4, err_msg=f"{up} {down} {pad}")
+  full_rank = rng.standard_normal((4, 4)).astype(np.float32)  # asymmetric: catches flips
+  # Rank 1 but with different row and column taps: the separable path's two 1D passes.
+  separable = np.outer([1.0, -2.0, 0.5, 3.0], [0.25, 1.0, 2.0, -1.0]).astype(np.float32)
+  for f in (full_rank, separable):
+    for up, down, pad in [(1, 1, (1, 2, 0, 3)), (2, 1, (2, 1, 2, 1)), (1, 2, (1, 1, 1, 1)),
+                          (2, 1, (-1, 2, 3, -2)), (1, 2, (0, 1, 2, 0))]:
+      expected = _upfirdn2d_reference(x, f, up, down, pad, gain=1.5)
+      result = layers.upfirdn2d(jnp.asarray(x), f, up=up, down=down, padding=pad, gain=1.5)
+      np.testing.assert_allclose(result, expected, atol=1e-4, err_msg=f"{f} {up} {down} {pad}")
 
 
 def test_resampling_preserves_constants_and_sizes():

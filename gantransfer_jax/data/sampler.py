@@ -60,6 +60,9 @@ def _synthesizer(config: ml_collections.ConfigDict):
 
 def check_source(config: ml_collections.ConfigDict) -> None:
   """Cheap validation of config.data (no decoding); ValueError on bad input."""
+  if not config.data.get("source"):
+    raise errors.InputError("config.data.source is not set: give the training images, e.g. "
+                            "--config.data.source=folder:/my/images (README, data sources)")
   prior = (config.get("dip") or {}).get("prior")
   if is_synthetic(config.data.source):
     if prior:

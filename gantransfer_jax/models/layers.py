@@ -123,19 +123,44 @@ def upfirdn2d(x: Array, f: np.ndarray, *, up: int = 1, down: int = 1,
   Returns:
     [N, H', W', C] with H' = (H * up + top + bottom - fh + 1) // down rounded up.
   """
-  f = np.asarray(f, dtype=np.float32)
-  num_channels = x.shape[-1]
-  # lax convolutions are correlations: flip the filter to convolve as the original does.
-  kernel = jnp.asarray(f[::-1, ::-1] * gain, dtype=x.dtype)
-  kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, num_channels))
+  f = np.asarray(f, dtype=np.float64) * gain
   (top, bottom), (left, right) = _pairs(padding)
-  # `lhs_dilation` inserts up - 1 zeros *between* pixels, while the original also appends
-  # them after the last pixel; pad those trailing zeros explicitly.
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(down, down),
-      padding=((top, bottom + up - 1), (left, right + up - 1)),
-      lhs_dilation=(up, up), dimension_numbers=_DIMENSION_NUMBERS,
-      feature_group_count=num_channels)
+  # Zero insertion (`interior`; the original also appends up - 1 zeros after the last
+  # pixel) and padding, negative values cropping, in one lax.pad.
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                  ((0, 0, 0), (top, bottom + up - 1, up - 1), (left, right + up - 1, up - 1),
+                   (0, 0, 0)))
+  # The filter runs as a sum of shifted, strided slices rather than as a depthwise
+  # (feature_group_count = C) convolution: XLA's CPU depthwise convolutions and their
+  # gradients were 10-20x slower for these 4-tap filters (e.g. 27 ms vs 1.3 ms for a
+  # 16 x 35 x 35 x 16 forward and backward), and the slices fuse into one loop on every
+  # backend. A rank-1 filter (every `setup_filter` filter) runs as two 1D passes.
+  rows, total = f.sum(axis=1), f.sum()
+  cols = f.sum(axis=0) / total if total else np.zeros(f.shape[1])
+  if total and np.allclose(np.outer(rows, cols), f, rtol=1e-6, atol=1e-12):
+    x = _correlate_axis(x, rows[::-1], axis=1, stride=down)
+    return _correlate_axis(x, cols[::-1], axis=2, stride=down)
+  return _correlate_2d(x, f[::-1, ::-1], stride=down)
+
+
+def _taps(x: Array, size: int, axis: int, stride: int) -> tuple[int, Sequence[Array]]:
+  """The `size` shifted slices of `x` along `axis` a `size`-tap filter with `stride` reads."""
+  out = (x.shape[axis] - size) // stride + 1
+  return [jax.lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride, axis)
+          for i in range(size)]
+
+
+def _correlate_axis(x: Array, taps: np.ndarray, *, axis: int, stride: int) -> Array:
+  """1D correlation of every channel with constant `taps` along `axis`."""
+  # Python floats keep the activations' dtype (bfloat16/float16 under mixed precision).
+  return sum(float(t) * s for t, s in zip(taps, _taps(x, len(taps), axis, stride)))
+
+
+def _correlate_2d(x: Array, taps: np.ndarray, *, stride: int) -> Array:
+  """2D correlation of every channel with a constant, not separable, filter."""
+  rows = _taps(x, taps.shape[0], axis=1, stride=stride)
+  return sum(float(taps[i, j]) * s for i, row in enumerate(rows)
+             for j, s in enumerate(_taps(row, taps.shape[1], axis=2, stride=stride)))
 
 
 def upsample2d(x: Array, f: np.ndarray, up: int = 2) -> Array:
