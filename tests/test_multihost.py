@@ -36,6 +36,12 @@ _UNCOMPARED_METRICS = ("perf/",)
 # Measured after 2 steps: losses 2e-7 relative, parameters 2e-6 absolute (Adam's
 # normalised updates of lr 2e-3 carry the rounding); integers and uint8 pixels were equal.
 _RTOL, _ATOL = 1e-5, 2e-5
+# Parameters and optimiser states: Adam divides each gradient by its own running scale, so
+# an element whose gradient nearly cancels carries the rounding in full (lr 2e-3 times a
+# sign). Measured since the FIR change (4ff8aea): one of 9216 elements of D's b8/conv1
+# weight off by 2.6e-5 beyond rtol, 3.8e-5 absolute on CI; every other leaf below 1.4e-6.
+# A real bug moves parameters by about the learning rate (2e-3).
+_STATE_ATOL = 1e-4
 _EVAL_RTOL = 1e-4  # FID/KID/PR of 6 images of those parameters: measured 1e-6 relative.
 _MAX_PIXEL_LEVELS = 1  # A pixel near a rounding boundary may move by one level.
 
@@ -288,7 +294,7 @@ def _state(workdir: str) -> dict:
 
 
 def _assert_trees_close(actual, expected) -> None:
-  """Same structure, integers equal, floats within _RTOL/_ATOL."""
+  """Same structure, integers equal, floats within _RTOL/_STATE_ATOL."""
   paths = jax.tree_util.tree_flatten_with_path(expected)[0]
   leaves = jax.tree_util.tree_leaves(actual)
   assert len(leaves) == len(paths)
@@ -297,7 +303,7 @@ def _assert_trees_close(actual, expected) -> None:
     name = jax.tree_util.keystr(path)
     assert got.shape == want.shape and got.dtype == want.dtype, name
     if np.issubdtype(want.dtype, np.floating):
-      np.testing.assert_allclose(got, want, rtol=_RTOL, atol=_ATOL, err_msg=name)
+      np.testing.assert_allclose(got, want, rtol=_RTOL, atol=_STATE_ATOL, err_msg=name)
     else:
       np.testing.assert_array_equal(got, want, err_msg=name)
 
