@@ -184,12 +184,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.total_steps = 300_000 // 50
 
   if model == "stylegan2" and size in ("", "auto"):
-    # Two rounds of 8 at 256 x 256 plan 8.4 GiB (paper) and 4.8 GiB (auto) instead of
-    # 27.1 and 14.6 in float32 (README, "Memory and throughput"): a 16 GB chip fits.
+    # Two rounds of 8 at 256 x 256 plan 9.35 GiB (paper) and 4.41 GiB (auto; both with the
+    # FIR filters as slices) instead of 27.1 and 14.6 in one round (README, "Memory and
+    # throughput", measured before the slices): a 16 GB chip fits.
     # Set batch_rounds=1 on a device that holds the whole batch's activations.
     config.batch_rounds = 2
     # One compile instead of two (paper: 64 s vs 116 s on the 2-core CPU) or three
-    # (auto: 54 s vs 146 s), planning no more memory (8.39 / 3.90 GiB vs 8.39 / 4.76).
+    # (auto: 54 s vs 146 s), planning no more memory (8.39 / 3.90 GiB vs 8.39 / 4.76;
+    # before the FIR slices; with them one compile takes 57.0 / 61.2 s idle).
     config.regularizer_dispatch = "cond"
   if size == "auto":
     if model != "stylegan2":

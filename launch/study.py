@@ -1,7 +1,7 @@
 r"""The transfer study (issue #16 item 2) at CPU scale, in one command.
 
   .venv/bin/python launch/study.py                       # defaults: see below
-  .venv/bin/python launch/study.py --name=orl100_long --pretrain_steps=4000 --seeds=0,1,2,3
+  .venv/bin/python launch/study.py --name=orl100_long --pretrain_steps=16000 --seeds=0,1,2,3
 
 1. Pretrains `--pretrain_config` (default `ps_pretrain.py:quick`, the baseline
    architecture) on Primitives-PS for `--pretrain_steps` in ROOT/ps_pretrain.
@@ -29,9 +29,8 @@ Pass-through: every `--config.*` argument goes to each finetune, every `--pretra
 to the pretraining as `--config.X=V` (e.g. tiny models for tests). `--command_prefix`
 replaces `python -m gantransfer_jax.main` for pretraining and finetunes alike.
 
-Time (2 idle cores, defaults): see the README's "Transfer study" paragraph, an estimate
-from the img/s and evaluation seconds of a reduced run (study.md of any run records its
-own).
+Time (defaults, 2 cores at load ~1.7): 1 h 20 min, measured (README, "Transfer study
+at CPU scale"); study.md of any run records its own.
 """
 
 from __future__ import annotations
@@ -265,14 +264,14 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], list
   parser.add_argument("--root", default=None, help="Workdirs (default workdirs/study/NAME).")
   parser.add_argument("--out", default=None, help="Results (default docs/results/NAME).")
   parser.add_argument("--pretrain_config", default="configs/ps_pretrain.py:quick")
-  parser.add_argument("--pretrain_steps", type=int, default=2000)
+  parser.add_argument("--pretrain_steps", type=int, default=4000)
   parser.add_argument("--methods", type=_list, default=list(DEFAULT_METHODS),
                       help="finetune.py presets (without ',quick'); '+' for their ','.")
   parser.add_argument("--dataset", default="orl_faces", help="config.data.source.")
   parser.add_argument("--shots", type=int, default=100)
   parser.add_argument("--subset_seed", type=int, default=0)
   parser.add_argument("--seeds", type=lambda t: [int(s) for s in _list(t)], default=[0, 1, 2])
-  parser.add_argument("--finetune_kimg", type=float, default=16.0)
+  parser.add_argument("--finetune_kimg", type=float, default=48.0)
   parser.add_argument("--evals", type=int, default=4, help="Evaluations per finetune.")
   parser.add_argument("--eval_num_images", type=int, default=100,
                       help="Generated images per evaluation (the reference: all targets).")

@@ -218,6 +218,20 @@ def test_freeze_d_through_config_transfer_is_freeze_d_the_field():
     assert set(fixed) == {"b16", "b8"}
 
 
+def test_freeze_g_fixes_stylegan2s_synthesis_blocks_from_the_image_side():
+  config = stylegan2_config("freeze_g:2")
+  before, after, metrics = one_train_step(config)
+  assert np.isfinite(metrics["loss/g"])
+  trainable, fixed = builder.build_gan(config).trainable(G, before.g_params)
+  assert set(fixed) == {"synthesis"} and set(fixed["synthesis"]) == {"b16", "b8"}
+  assert set(trainable["synthesis"]) == {"b4"} and "mapping" in trainable
+  for path, value in _flat(fixed).items():
+    np.testing.assert_array_equal(_flat(after.g_params)[path], value)
+  moved = _max_change(before.g_params, after.g_params)
+  assert max(jax.tree.leaves(moved["synthesis"]["b4"])) > 0
+  assert max(jax.tree.leaves(moved["mapping"])) > 0
+
+
 def test_the_parser():
   assert registry.parse("") == [] and registry.parse(None) == []
   assert registry.parse("freeze_d:4,adafm") == [("freeze_d", "4"), ("adafm", None)]
@@ -234,16 +248,16 @@ def test_the_parser():
 
 
 def test_every_problem_is_reported_by_validation(tmp_path):
-  config = stylegan2_config("freeze_d:x,freeze_g:1,adafm:-2,lora")
+  config = stylegan2_config("freeze_d:x,freeze_g:3,adafm:-2,lora")
   with pytest.raises(validation.ConfigError) as error:
     validation.validate_train_config(config, str(tmp_path / "run"))
   assert str(error.value).splitlines()[1:] == [
-      "  - transfer 'freeze_d:x,freeze_g:1,adafm:-2,lora': unknown transform 'lora'; "
+      "  - transfer 'freeze_d:x,freeze_g:3,adafm:-2,lora': unknown transform 'lora'; "
       "valid: freeze_d:N, freeze_g:N, adafm[:WARMUP_STEPS], fs[:WARMUP_STEPS]",
       "  - transfer entry 'freeze_d' takes a number of discriminator groups to freeze, "
       "e.g. freeze_d:2; got 'x'",
-      "  - transfer entry 'freeze_g': a 'stylegan2' model's generator declares no groups "
-      "to freeze (Gan.generator_groups)",
+      "  - transfer entry 'freeze_g' must be in [0, 2] at resolution 16 (blocks "
+      "synthesis/b16, synthesis/b8, synthesis/b4), got 3",
       "  - transfer entry 'adafm': adafm's argument is its warm-up in steps, an integer "
       ">= 0 (e.g. adafm:100); got '-2'"]
 
@@ -256,6 +270,11 @@ def test_every_problem_is_reported_by_validation(tmp_path):
   config.transfer = "fs"
   with pytest.raises(validation.ConfigError, match="transfer entry 'fs': a 'sngan' model "
                                                    "declares no kernels to modulate"):
+    validation.validate_train_config(config, str(tmp_path / "run"))
+  config.transfer = "freeze_g:1"
+  with pytest.raises(validation.ConfigError, match=r"transfer entry 'freeze_g': a 'sngan' "
+                                                   r"model's generator declares no groups "
+                                                   r"to freeze \(Gan.generator_groups\)"):
     validation.validate_train_config(config, str(tmp_path / "run"))
   config = adafm_family_config()
   config.transfer = "fs"  # The family's own modulation is already there.

@@ -29,6 +29,7 @@ baseline of paper 003.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -45,8 +46,9 @@ Array = jax.Array
 Params = Any
 State = dict[str, Any]
 Prefix = tuple[str, ...]
-# A group of layers: the top-level parameter names it holds (e.g. ('resnet_3', 'conv_img')).
-Group = tuple[str, ...]
+# A group of layers: the parameter prefixes it holds (e.g. (('resnet_3',), ('conv_img',)),
+# or StyleGAN2's (('synthesis', 'b32'),)).
+Group = tuple[Prefix, ...]
 # (transform name, its argument, the config field that asks for it): see `config_transforms`.
 ConfigTransform = tuple[str, str, str]
 
@@ -313,11 +315,23 @@ class StyleGAN2Gan(Gan):
     is last."""
     from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
 
-    return [(name,) for name in stylegan2.discriminator_block_names(self.resolution)]
+    return [((name,),) for name in stylegan2.discriminator_block_names(self.resolution)]
+
+  def generator_groups(self) -> list[Group]:
+    """`freeze_g` counts G's synthesis blocks from the highest resolution, each with its
+    torgb, as FreezeD counts D's; the mapping network (and DIP's G_emb) always trains."""
+    from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+
+    return [(("synthesis", name),) for name in stylegan2.synthesis_block_names(self.resolution)]
 
   def modulation_site(self) -> ModulationSite:
     """The synthesis blocks' 3x3 convs (`conv0`, `conv1`); not torgb, not the mapping."""
     return ModulationSite(scope=("synthesis",), layers=("conv0", "conv1"), kernel="weight")
+
+
+def _top_level_groups(groups: Sequence[Sequence[str]]) -> list[Group]:
+  """Groups given as top-level parameter names -> `Group`s of one-name prefixes."""
+  return [tuple((name,) for name in group) for group in groups]
 
 
 def _check_noise_consts(noise_mode: str, g_state: State) -> None:
@@ -380,12 +394,12 @@ class ResNetGan(Gan):
   def generator_groups(self) -> list[Group]:
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
 
-    return resnet_gan.generator_group_names(self.resolution)
+    return _top_level_groups(resnet_gan.generator_group_names(self.resolution))
 
   def discriminator_groups(self) -> list[Group]:
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
 
-    return resnet_gan.discriminator_group_names(self.resolution)
+    return _top_level_groups(resnet_gan.discriminator_group_names(self.resolution))
 
   def modulation_site(self) -> ModulationSite:
     return _RESNET_MODULATED
@@ -450,12 +464,12 @@ class AdaFMGan(Gan):
 
   def generator_groups(self) -> list[Group]:
     """The general part first (the image side), then the head."""
-    return [(GENERAL,), (HEAD,)]
+    return [((GENERAL,),), ((HEAD,),)]
 
   def discriminator_groups(self) -> list[Group]:
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
 
-    return resnet_gan.discriminator_group_names(self.resolution)
+    return _top_level_groups(resnet_gan.discriminator_group_names(self.resolution))
 
   def modulation_site(self) -> ModulationSite:
     return ModulationSite(scope=(GENERAL,), layers=adafm_lib.MODULATED_LAYERS)
@@ -515,7 +529,7 @@ class SNGan(Gan):
     """FreezeD counts D's blocks from the image side."""
     from gantransfer_jax.models import sngan  # pylint: disable=g-import-not-at-top
 
-    return [(f"blocks_{i}",) for i in range(sngan.num_upsamplings(self.resolution) + 1)]
+    return [((f"blocks_{i}",),) for i in range(sngan.num_upsamplings(self.resolution) + 1)]
 
   def transfer(self, fresh, pretrained):
     """As TransferGAN, except the condition embeddings G_emb and D_emb when the source

@@ -593,6 +593,13 @@ class DiscriminatorEpilogue(nn.Module):
     return logits + projection * (1 / np.sqrt(self.channels))
 
 
+def synthesis_block_names(resolution: int) -> list[str]:
+  """The synthesis blocks' param names (under `synthesis`), highest resolution first:
+  `freeze_g` freezes a prefix of this list (the blocks nearest the image)."""
+  log2 = _log2_resolution(resolution, 4)
+  return [f"b{2 ** i}" for i in range(log2, 1, -1)]
+
+
 def _discriminator_block_resolutions(resolution: int) -> list[int]:
   """Resolutions of the resnet blocks, highest first; b4 is the epilogue."""
   log2 = _log2_resolution(resolution, 8)

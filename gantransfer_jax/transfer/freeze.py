@@ -2,7 +2,8 @@
 
 The first N of a network's groups of layers, counted from the image side as its family
 says (`Gan.discriminator_groups` / `generator_groups`: StyleGAN2's D blocks b256, b128,
-...; the ResNet GANs' `conv_img`, `resnet_0`, ...), stay as they are: a prefix split
+... and its synthesis blocks synthesis/b256, ...; the ResNet GANs' `conv_img`,
+`resnet_0`, ...), stay as they are: a prefix split
 (`gantransfer_jax.freezing`), so they get no gradient and no optimizer state.
 """
 
@@ -51,12 +52,12 @@ def first_groups(gan: gan_lib.Gan, network: str, arg: str | None,
     raise ValueError(f"{field}: a {gan.config.get('model')!r} model's {network} declares no "
                      f"groups to freeze (Gan.{network}_groups)")
   if not 0 <= count < max(len(groups), 1):
-    names = ", ".join("+".join(group) for group in groups)
+    names = ", ".join("+".join("/".join(prefix) for prefix in group) for group in groups)
     raise ValueError(f"{field} must be in [0, {len(groups) - 1}] at resolution "
                      f"{gan.resolution} (blocks {names}), got {count}")
   if not count:
     return None
-  return Freeze(network, tuple((name,) for group in groups[:count] for name in group))
+  return Freeze(network, tuple(prefix for group in groups[:count] for prefix in group))
 
 
 def build_d(gan: gan_lib.Gan, arg: str | None, field: str) -> Freeze | None:
