@@ -29,8 +29,8 @@ Pass-through: every `--config.*` argument goes to each finetune, every `--pretra
 to the pretraining as `--config.X=V` (e.g. tiny models for tests). `--command_prefix`
 replaces `python -m gantransfer_jax.main` for pretraining and finetunes alike.
 
-Time (defaults, 2 cores at load ~1.7): 1 h 20 min, measured (README, "Transfer study
-at CPU scale"); study.md of any run records its own.
+Time (defaults, 2 cores at load ~1.7): 1 h 20 min, measured (README, "Worked example
+(CPU)"); study.md of any run records its own.
 """
 
 from __future__ import annotations

@@ -319,8 +319,7 @@ class SynthesisNetwork(nn.Module):
 
   @property
   def block_resolutions(self) -> list[int]:
-    log2 = _log2_resolution(self.resolution, 4)
-    return [2 ** i for i in range(2, log2 + 1)]
+    return _synthesis_block_resolutions(self.resolution)
 
   @property
   def num_ws(self) -> int:
@@ -593,11 +592,16 @@ class DiscriminatorEpilogue(nn.Module):
     return logits + projection * (1 / np.sqrt(self.channels))
 
 
+def _synthesis_block_resolutions(resolution: int) -> list[int]:
+  """Resolutions of the synthesis blocks, lowest (4) first."""
+  log2 = _log2_resolution(resolution, 4)
+  return [2 ** i for i in range(2, log2 + 1)]
+
+
 def synthesis_block_names(resolution: int) -> list[str]:
   """The synthesis blocks' param names (under `synthesis`), highest resolution first:
   `freeze_g` freezes a prefix of this list (the blocks nearest the image)."""
-  log2 = _log2_resolution(resolution, 4)
-  return [f"b{2 ** i}" for i in range(log2, 1, -1)]
+  return [f"b{res}" for res in reversed(_synthesis_block_resolutions(resolution))]
 
 
 def _discriminator_block_resolutions(resolution: int) -> list[int]:
