@@ -220,7 +220,8 @@ def get_config(preset: str = "transfergan") -> ml_collections.ConfigDict:
   config.augment = "color,translation,cutout"
   config.freeze_d = 0
   # Transfer transforms over the parameter pytrees (gantransfer_jax.transfer), after the
-  # ones the fields above ask for: e.g. 'freeze_d:4,adafm', 'fs:100' ('' = none).
+  # ones the fields above ask for: e.g. 'freeze_d:4,adafm', 'fs:100', 'fresh_d:b4' (D's
+  # epilogue from a new init, the rest from init_checkpoint) ('' = none).
   config.transfer = ""
   config.init_checkpoint = config_dict.placeholder(str)
   # ADA's controller (used when `augment` is an ADA form: ada, ada:PIPELINE,

@@ -37,11 +37,25 @@ def merge(trainable: Params, frozen: Params) -> Params:
   return traverse_util.unflatten_dict(flat)
 
 
-def check_prefixes(params: Params, frozen_prefixes: Sequence[Prefix]) -> None:
-  """ValueError for a prefix that matches nothing (a typo would silently freeze nothing)."""
+def group_prefixes(groups: Sequence[Sequence[Prefix]], count: int) -> tuple[Prefix, ...]:
+  """The prefixes of the first `count` of `groups` (each group a sequence of prefixes),
+  in order: what freezing those groups splits off.
+
+  Raises:
+    ValueError: `count` is not in [0, len(groups)].
+  """
+  if not 0 <= count <= len(groups):
+    raise ValueError(f"cannot take {count} of {len(groups)} groups")
+  return tuple(tuple(prefix) for group in groups[:count] for prefix in group)
+
+
+def check_prefixes(params: Params, frozen_prefixes: Sequence[Prefix], *,
+                   what: str = "freeze prefix") -> None:
+  """ValueError for a prefix that matches nothing (a typo would silently freeze nothing);
+  `what` names a prefix in the message."""
   paths = list(traverse_util.flatten_dict(params))
   for prefix in frozen_prefixes:
     if not any(_is_frozen(p, [prefix]) for p in paths):
       tops = sorted({p[0] for p in paths})
-      raise ValueError(f"freeze prefix {'/'.join(prefix)!r} matches no parameter; "
+      raise ValueError(f"{what} {'/'.join(prefix)!r} matches no parameter; "
                        f"top-level names: {', '.join(tops)}")

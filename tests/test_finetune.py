@@ -135,6 +135,48 @@ def test_freezed_keeps_frozen_blocks_bit_identical_without_optimizer_state(
   assert traverse_util.flatten_dict(frozen)
 
 
+def test_fresh_layers_start_from_the_new_init_and_the_rest_from_the_checkpoint(
+    pretrained, target_npz):
+  config = checkpoints.inherit_model_config(
+      finetune_config("transfergan", pretrained, target_npz,
+                      transfer="fresh_d:b4,fresh_g:mapping+synthesis/b4"), str(pretrained))
+  mesh = parallel.create_mesh(jax.devices()[:1])
+  setup = train.build(config, mesh)
+  fresh = jax.device_get(setup.state)
+  loaded = jax.device_get(train.load_init_params(setup.state, str(pretrained), setup, mesh))
+  _, source = checkpoints.restore_params(str(pretrained))
+
+  def is_fresh(path):
+    return path[:1] in (("b4",), ("mapping",)) or path[:2] == ("synthesis", "b4")
+
+  cases = ((loaded.d_params, fresh.d_params, source["discriminator"]),
+           (loaded.g_params, fresh.g_params, source["generator"]),
+           (loaded.g_ema_params, fresh.g_params, source["generator_ema"]))
+  for started, new, old in cases:
+    new, old = traverse_util.flatten_dict(new), traverse_util.flatten_dict(old)
+    for path, value in traverse_util.flatten_dict(started).items():
+      np.testing.assert_array_equal(value, (new if is_fresh(path) else old)[path])
+  # Fresh and pretrained differ there, so the test tells them apart.
+  assert np.abs(fresh.d_params["b4"]["out"]["weight"]
+                - source["discriminator"]["b4"]["out"]["weight"]).max() > 1e-3
+  assert {path[0] for path in traverse_util.flatten_dict(loaded.d_params)} > {"b4"}
+
+
+def test_fresh_layers_need_a_checkpoint_and_real_layer_names(pretrained, target_npz):
+  config = checkpoints.inherit_model_config(
+      finetune_config("transfergan", pretrained, target_npz, transfer="fresh_d:b4+b5"),
+      str(pretrained))
+  with pytest.raises(ValueError, match="transfer entry 'fresh_d': discriminator layer 'b5' "
+                                       "matches no parameter; top-level names: b16, b4, b8"):
+    builder.build_gan(config)
+  config.transfer = "fresh_g:synthesis//b4"
+  with pytest.raises(ValueError, match="'synthesis//b4' has an empty layer name"):
+    builder.build_gan(config)
+  config.transfer, config.init_checkpoint = "fresh_d:b4", None
+  with pytest.raises(ValueError, match="init_checkpoint, which is not set"):
+    builder.build_gan(config)
+
+
 def test_freeze_d_out_of_range_is_a_config_error(pretrained, target_npz):
   config = checkpoints.inherit_model_config(
       finetune_config("freezed", pretrained, target_npz, freeze_d=3), str(pretrained))

@@ -253,7 +253,8 @@ def test_every_problem_is_reported_by_validation(tmp_path):
     validation.validate_train_config(config, str(tmp_path / "run"))
   assert str(error.value).splitlines()[1:] == [
       "  - transfer 'freeze_d:x,freeze_g:3,adafm:-2,lora': unknown transform 'lora'; "
-      "valid: freeze_d:N, freeze_g:N, adafm[:WARMUP_STEPS], fs[:WARMUP_STEPS]",
+      "valid: freeze_d:N, freeze_g:N, adafm[:WARMUP_STEPS], fs[:WARMUP_STEPS], "
+      "fresh_d:NAME[+NAME...], fresh_g:NAME[+NAME...]",
       "  - transfer entry 'freeze_d' takes a number of discriminator groups to freeze, "
       "e.g. freeze_d:2; got 'x'",
       "  - transfer entry 'freeze_g' must be in [0, 2] at resolution 16 (blocks "

@@ -36,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gantransfer_jax import freezing
+
 Array = jax.Array
 Prefix = tuple[str, ...]
 
@@ -83,10 +85,10 @@ def discriminator_group_names(resolution: int) -> list[Prefix]:
 
 
 def frozen_prefixes(groups: Sequence[Prefix], num_frozen: int) -> list[Prefix]:
-  """`freezing.split` prefixes for the first `num_frozen` of `groups` (image side first)."""
-  if not 0 <= num_frozen <= len(groups):
-    raise ValueError(f"cannot freeze {num_frozen} of {len(groups)} groups")
-  return [(name,) for group in groups[:num_frozen] for name in group]
+  """`freezing.split` prefixes for the first `num_frozen` of `groups` (image side first),
+  each group given by its top-level names."""
+  named = [[(name,) for name in group] for group in groups]
+  return list(freezing.group_prefixes(named, num_frozen))
 
 
 def leaky_relu(x: Array) -> Array:

@@ -7,9 +7,10 @@ Each transform acts on one network's parameter pytree (`network`: `gan.GENERATOR
   seen = t.apply(params)                     # what the network's forward pass takes
   trainable, fixed = t.trainable(params)     # what the optimizer sees, and what it never does
   tx = t.optimizer(tx)                       # e.g. a warm-up of what it added
+  start = t.transfer(fresh, loaded)          # a finetune's start: e.g. fresh layers
 
-Composition: `init` and `apply` run in the listed order, each on the previous one's
-output; `trainable` splits the previous transform's trainable part further, and the
+Composition: `init`, `apply` and `transfer` run in the listed order, each on the
+previous one's output; `trainable` splits the previous transform's trainable part further, and the
 fixed parts are united, so a leaf any transform fixes stays fixed (splits are by leaf,
 `freezing.merge` undoes any of them); `optimizer` wraps in order, the last outermost.
 What `init` adds must stay top-level entries of their own (checkpoints, the EMA and
@@ -51,6 +52,10 @@ class Transform(Protocol):
   def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """The optimizer of the trainable part (most transforms return `tx`)."""
 
+  def transfer(self, fresh: Params, loaded: Params) -> Params:
+    """The params a finetune starts from: `loaded` (the source checkpoint's, as the
+    family maps them) with what this transform takes from `fresh` (a new init's)."""
+
 
 class Identity:
   """Defaults for a transform: adds nothing, changes nothing, fixes nothing."""
@@ -70,6 +75,10 @@ class Identity:
 
   def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
     return tx
+
+  def transfer(self, fresh: Params, loaded: Params) -> Params:
+    del fresh
+    return loaded
 
 
 def of(transforms: Sequence[Transform], network: str) -> list[Transform]:
@@ -113,3 +122,10 @@ def optimizer(transforms: Sequence[Transform], network: str,
   for transform in of(transforms, network):
     tx = transform.optimizer(tx)
   return tx
+
+
+def transfer(transforms: Sequence[Transform], network: str, fresh: Params,
+             loaded: Params) -> Params:
+  for transform in of(transforms, network):
+    loaded = transform.transfer(fresh, loaded)
+  return loaded

@@ -57,7 +57,7 @@ def first_groups(gan: gan_lib.Gan, network: str, arg: str | None,
                      f"{gan.resolution} (blocks {names}), got {count}")
   if not count:
     return None
-  return Freeze(network, tuple(prefix for group in groups[:count] for prefix in group))
+  return Freeze(network, freezing.group_prefixes(groups, count))
 
 
 def build_d(gan: gan_lib.Gan, arg: str | None, field: str) -> Freeze | None:

@@ -17,6 +17,7 @@ import ml_collections
 from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.transfer import base
 from gantransfer_jax.transfer import freeze
+from gantransfer_jax.transfer import fresh
 from gantransfer_jax.transfer import modulation
 
 # (gan, the argument after ':' or None, what set it: for messages) -> transform, or None
@@ -139,3 +140,5 @@ register(Entry("freeze_d", freeze.build_d, "freeze_d:N"))
 register(Entry("freeze_g", freeze.build_g, "freeze_g:N"))
 for _kind in modulation.KINDS:
   register(Entry(_kind, modulation.builder(_kind), f"{_kind}[:WARMUP_STEPS]"))
+register(Entry("fresh_d", fresh.build_d, "fresh_d:NAME[+NAME...]"))
+register(Entry("fresh_g", fresh.build_g, "fresh_g:NAME[+NAME...]"))

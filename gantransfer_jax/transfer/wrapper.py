@@ -10,7 +10,8 @@ in it, so every consumer of a `Gan` (the train step, sample grids, evaluation, t
 * training: `trainable` splits what the optimizer sees from what stays fixed, and the
   optimizers are the family's, wrapped by the transforms (a warm-up);
 * transfer: the family's, with what the transforms add taken from the source
-  checkpoint where it has it (a continued finetune) and fresh otherwise.
+  checkpoint where it has it (a continued finetune) and fresh otherwise; then each
+  transform's `transfer` (fresh layers: `fresh_d:b4`).
 """
 
 from __future__ import annotations
@@ -61,12 +62,14 @@ class TransferGan(gan_lib.Gan):
         {**pretrained, "generator": _without(pretrained["generator"], g_added),
          "generator_ema": _without(pretrained["generator_ema"], g_added),
          "discriminator": _without(pretrained["discriminator"], d_added)})
-    for field, source, fresh_field, names in (
-        ("g_params", "generator", "g_params", g_added),
-        ("g_ema_params", "generator_ema", "g_params", g_added),
-        ("d_params", "discriminator", "d_params", d_added)):
-      extras = {name: pretrained[source].get(name, fresh[fresh_field][name]) for name in names}
-      loaded[field] = {**loaded[field], **extras}
+    for field, source, network in (("g_params", "generator", G),
+                                   ("g_ema_params", "generator_ema", G),
+                                   ("d_params", "discriminator", D)):
+      fresh_params = fresh["d_params" if network == D else "g_params"]
+      extras = {name: pretrained[source].get(name, fresh_params[name])
+                for name in base.added(self.transforms, network)}
+      loaded[field] = base.transfer(self.transforms, network, fresh_params,
+                                    {**loaded[field], **extras})
     return loaded
 
   # ---- Training ----
