@@ -25,6 +25,8 @@ Every field can be overridden on the command line, e.g. `--config.total_steps=20
 
 import ml_collections
 
+from gantransfer_jax.models import families
+
 
 MODEL_PRESETS = ("resnet", "sngan", "cifar")
 SIZE_PRESETS = ("quick", "tiny", "auto")
@@ -34,7 +36,7 @@ def resnet_model(config: ml_collections.ConfigDict) -> None:
   """Switches `config` to GAN_stability's ResNet GAN with its authors' training recipe."""
   config.model = "resnet"
   config.resolution = 128
-  config.resnet = ml_collections.ConfigDict(dict(z_dim=256, nf=64))
+  config.resnet = families.default_section("resnet")
   config.optim.update(g_lr=1e-4, d_lr=1e-4)
   config.loss.update(pl_weight=0.0, style_mixing_prob=0.0)
   # The authors' G EMA of 0.999 per step: 0.5 ** (16 / (ema_kimg * 1000)) = 0.999.
@@ -48,9 +50,7 @@ def sngan_model(config: ml_collections.ConfigDict) -> None:
   config.model = "sngan"
   config.resolution = 128
   config.batch_size = 25
-  config.sngan = ml_collections.ConfigDict(dict(
-      z_dim=120, embedding_dim=128, g_width=64, d_width=64, hierarchical_z=True,
-      g_multipliers=(), d_multipliers=()))  # () = sngan.py's defaults for the resolution.
+  config.sngan = families.default_section("sngan")
   config.optim.update(g_lr=2e-4, d_lr=2e-4, b1=0.0, b2=0.999)
   config.loss.update(kind="hinge", d_steps=4, r1_gamma=0.0, pl_weight=0.0,
                      style_mixing_prob=0.0)
@@ -107,22 +107,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.eval_every = 0
   config.eval_num_images = 5_000
 
-  # Official StyleGAN2-ADA layout; 2 mapping layers as in the Primitives-PS recipe.
-  # embedding_dim: G_emb's output in the DIP variant (used only when conditioned).
-  # mbstd_group_size: official 4 (configs stylegan2, paper1024; paper256/512 use 8).
-  # conv_clamp: official 256 (None: no clamping, as official --fp32 runs).
-  config.stylegan2 = ml_collections.ConfigDict(dict(
-      z_dim=512, w_dim=512, mapping_layers=2, channel_base=32768, channel_max=512,
-      mbstd_group_size=4, conv_clamp=256.0, truncation_psi=1.0, embedding_dim=512))
-
-  # Memory and speed (README, "Memory and throughput"); neither changes a parameter.
-  # mixed_precision: compute dtype of the num_fp16_res highest resolutions of G and D,
-  #   as the official code's fp16 (4 of them): 'auto' = bfloat16 on TPU, float16 on GPU
-  #   (with conv_clamp), float32 on CPU; or 'bfloat16' / 'float16' / 'float32'.
-  #   Mapping, epilogue, images, losses and parameters stay float32.
-  # remat: 'synthesis' and/or 'discriminator' (comma-separated) recompute their blocks'
-  #   activations in the backward pass (jax.checkpoint) instead of storing them.
-  config.stylegan2.update(num_fp16_res=4, mixed_precision="auto", remat="")
+  # The family's own fields (models/stylegan2.py, CONFIG_DEFAULTS: the official
+  # StyleGAN2-ADA layout, 2 mapping layers; precision and remat for memory and speed).
+  config.stylegan2 = families.default_section("stylegan2")
   # batch_rounds: each pass takes the batch in this many rounds, one after another, and
   #   averages their gradients (the official code's --batch-gpu = batch / rounds per
   #   device): activation memory falls about as 1/rounds. Unlike the two fields above it

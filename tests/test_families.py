@@ -88,6 +88,30 @@ def test_a_registered_family_is_validated_by_its_capabilities(toy_family, tmp_pa
     validation.validate_train_config(config, str(tmp_path / "run"))
 
 
+def test_a_family_owns_its_config_defaults():
+  from gantransfer_jax.models import sngan
+  from gantransfer_jax.models import stylegan2
+  for preset, name, module in (("", "stylegan2", stylegan2), ("resnet", "resnet", resnet_gan),
+                               ("sngan", "sngan", sngan)):
+    assert ps_pretrain.get_config(preset)[name].to_dict() == module.CONFIG_DEFAULTS
+  section = families.default_section("resnet")
+  section.nf = 1  # A config's copy: the family's defaults stay as they are.
+  assert families.default_section("resnet").nf == resnet_gan.CONFIG_DEFAULTS["nf"] == 64
+  with pytest.raises(ValueError, match="'adafm' owns no config section of its own"):
+    families.default_section("adafm")
+
+  families.register(families.Family(name=TOY, build=_build_toy, config_section=TOY,
+                                    defaults=lambda: {"z_dim": 16, "nf": 4}))
+  try:
+    config = ps_pretrain.get_config("resnet,tiny")
+    config.model, config.toy = TOY, families.default_section(TOY)
+    gan = builder.build_gan(config)
+    g_vars, _ = gan.init(jax.random.key(0))
+    assert g_vars["params"]["fc"]["kernel"].shape[0] == 16  # z_dim from the defaults.
+  finally:
+    families.unregister(TOY)
+
+
 def test_minegan_asks_the_family(toy_family):
   del toy_family
   config = toy_config()

@@ -1,7 +1,8 @@
 """The registry of model families: `config.model` -> what generic code may ask of it.
 
 A `Family` owns a model family's construction (`build(config) -> gan.Gan`), the config
-section holding its network fields, its capabilities (path length, style mixing,
+section holding its network fields and their defaults (the network module's
+`CONFIG_DEFAULTS`; `default_section`), its capabilities (path length, style mixing,
 conditioning, MineGAN, BSA, truncation, the minibatch-stddev group, AdaFM modulation),
 its own config checks, and which other families' checkpoints it starts from. The train
 loop, validation, checkpoints, the tasks, sampling and analysis ask it
@@ -18,7 +19,7 @@ nothing under `models/` imports it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import ml_collections
 
@@ -43,6 +44,10 @@ def _no_modulation(config: Config) -> bool:
   return False
 
 
+def _no_defaults() -> dict[str, Any]:
+  return {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   """A model family, as generic code sees it.
@@ -51,6 +56,9 @@ class Family:
     name: its `config.model`.
     build: config -> its `gan.Gan` (no MineGAN or BSA wrapper: `builder.build_gan`).
     config_section: the config section with its network fields (AdaFM reads `resnet`'s).
+    defaults: () -> the fields of `config_section` as a new config starts them (the
+      network module's `CONFIG_DEFAULTS`; presets change them); {} where the section is
+      another family's (AdaFM).
     problems: config -> what keeps it from running (validation's message style), past
       the generic checks (section present, path length, conditioning); asked even
       when the section is missing.
@@ -74,6 +82,7 @@ class Family:
   name: str
   build: Callable[[Config], gan_lib.Gan]
   config_section: str
+  defaults: Callable[[], dict[str, Any]] = _no_defaults
   problems: Callable[[Config], list[str]] = _no_problems
   supports_path_length: bool = False
   supports_style_mixing: bool = False
@@ -142,6 +151,14 @@ def serves_as(saved: str | None, expected: str) -> bool:
   return saved == expected or (family is not None and expected in family.transfers_from)
 
 
+def default_section(name: str) -> Config:
+  """A new config's section for family `name`: its `defaults`, as a ConfigDict."""
+  defaults = get(name).defaults()
+  if not defaults:
+    raise ValueError(f"model family {name!r} owns no config section of its own")
+  return ml_collections.ConfigDict(dict(defaults))
+
+
 def set_truncation_psi(config: Config, psi: float) -> None:
   """Sets the truncation of `config`'s sampling in place, where its family has one."""
   family = lookup(config.get("model"))
@@ -150,6 +167,25 @@ def set_truncation_psi(config: Config, psi: float) -> None:
 
 
 # ---- The built-in families ----------------------------------------------------------
+
+
+def _stylegan2_defaults() -> dict[str, Any]:
+  from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+
+  return stylegan2.CONFIG_DEFAULTS
+
+
+def _resnet_defaults() -> dict[str, Any]:
+  from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
+
+  return resnet_gan.CONFIG_DEFAULTS
+
+
+def _sngan_defaults() -> dict[str, Any]:
+  from gantransfer_jax.models import sngan  # pylint: disable=g-import-not-at-top
+
+  return sngan.CONFIG_DEFAULTS
+
 
 
 def _build_stylegan2(config: Config) -> gan_lib.Gan:
@@ -242,12 +278,13 @@ def _adafm_has_modulation(config: Config) -> bool:
 # Registration order is the order messages list the families in ("valid: ...").
 register(Family(
     name="stylegan2", build=_build_stylegan2, config_section="stylegan2",
-    supports_path_length=True, supports_style_mixing=True, mixes_styles_in_training=True,
+    defaults=_stylegan2_defaults, supports_path_length=True, supports_style_mixing=True,
+    mixes_styles_in_training=True,
     conditional=True, supports_minegan=True, supports_truncation=True,
     minibatch_std_group=lambda config: config.stylegan2.mbstd_group_size))
 register(Family(
-    name="resnet", build=_build_resnet, config_section="resnet", problems=_resnet_problems,
-    supports_minegan=True))
+    name="resnet", build=_build_resnet, config_section="resnet", defaults=_resnet_defaults,
+    problems=_resnet_problems, supports_minegan=True))
 # AdaFM's checkpoints pass on no section (as before the registry): its transfer reads a
 # ResNet GAN's G, so its finetunes start from `resnet` checkpoints, whose section is.
 register(Family(
@@ -255,5 +292,5 @@ register(Family(
     supports_style_mixing=True, has_modulation=_adafm_has_modulation,
     transfers_from=("resnet",), inherit_section=False))
 register(Family(
-    name="sngan", build=_build_sngan, config_section="sngan", conditional=True,
-    has_generator_batch_stats=True))
+    name="sngan", build=_build_sngan, config_section="sngan", defaults=_sngan_defaults,
+    conditional=True, has_generator_batch_stats=True))

@@ -44,6 +44,9 @@ Prefix = tuple[str, ...]
 MIN_RESOLUTION = 4
 MAX_WIDTH_MULTIPLIER = 16
 RESIDUAL_SCALE = 0.1  # The authors' `x_s + 0.1 * dx`: keeps each block close to identity.
+# The family's config section (`config.resnet`) as a new config starts it: the
+# authors' 128 x 128 model (NOTES §3).
+CONFIG_DEFAULTS = dict(z_dim=256, nf=64)
 
 
 def num_groups(resolution: int) -> int:

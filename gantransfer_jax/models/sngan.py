@@ -36,6 +36,11 @@ DEFAULT_G_MULTIPLIERS = {32: (4, 4, 4, 4), 64: (16, 8, 4, 2, 1), 128: (16, 16, 8
 # Each block's output; the last block keeps the 4 x 4 resolution.
 DEFAULT_D_MULTIPLIERS = {32: (4, 4, 4, 4), 64: (1, 2, 4, 8, 16), 128: (1, 2, 4, 8, 16, 16)}
 
+# The family's config section (`config.sngan`) as a new config starts it: DIP's
+# few-shot SNGAN at 128 x 128 (NOTES §4). Empty multipliers: the tables above.
+CONFIG_DEFAULTS = dict(z_dim=120, embedding_dim=128, g_width=64, d_width=64,
+                       hierarchical_z=True, g_multipliers=(), d_multipliers=())
+
 _BN_EPSILON = 1e-5
 _MOMENTUM = 0.9
 

@@ -53,6 +53,24 @@ NOISE_MODES = ("random", "const", "none")
 # its --fp32 runs use None, no clamping).
 DEFAULT_CONV_CLAMP = 256.0
 
+# The family's config section (`config.stylegan2`) as a new config starts it: the
+# official StyleGAN2-ADA layout at 256 x 256, with the Primitives-PS recipe's 2 mapping
+# layers (configs' presets narrow it).
+# embedding_dim: G_emb's output in the DIP variant (used only when conditioned).
+# mbstd_group_size: official 4 (configs stylegan2, paper1024; paper256/512 use 8).
+# conv_clamp: official 256 (None: no clamping, as official --fp32 runs).
+# Memory and speed (README, "Memory and throughput"); neither changes a parameter:
+# mixed_precision: compute dtype of the num_fp16_res highest resolutions of G and D,
+#   as the official code's fp16 (4 of them): 'auto' = bfloat16 on TPU, float16 on GPU
+#   (with conv_clamp), float32 on CPU; or 'bfloat16' / 'float16' / 'float32'.
+#   Mapping, epilogue, images, losses and parameters stay float32.
+# remat: 'synthesis' and/or 'discriminator' (comma-separated) recompute their blocks'
+#   activations in the backward pass (jax.checkpoint) instead of storing them.
+CONFIG_DEFAULTS = dict(
+    z_dim=512, w_dim=512, mapping_layers=2, channel_base=32768, channel_max=512,
+    mbstd_group_size=4, conv_clamp=DEFAULT_CONV_CLAMP, truncation_psi=1.0,
+    embedding_dim=512, num_fp16_res=4, mixed_precision="auto", remat="")
+
 
 def _log2_resolution(resolution: int, minimum: int) -> int:
   if resolution < minimum or resolution & (resolution - 1):
