@@ -10,9 +10,10 @@ Each transform acts on one network's parameter pytree (`network`: `gan.GENERATOR
   start = t.transfer(fresh, loaded)          # a finetune's start: e.g. fresh layers
 
 Composition: `init`, `apply` and `transfer` run in the listed order, each on the
-previous one's output; `trainable` splits the previous transform's trainable part further, and the
-fixed parts are united, so a leaf any transform fixes stays fixed (splits are by leaf,
-`freezing.merge` undoes any of them); `optimizer` wraps in order, the last outermost.
+previous one's output; `trainable` splits the previous transform's trainable part
+further, and the fixed parts are united, so a leaf any transform fixes stays fixed
+(splits are by leaf, `freezing.merge` undoes any of them); `optimizer` wraps in order,
+the last outermost.
 What `init` adds must stay top-level entries of their own (checkpoints, the EMA and
 resume carry them as any parameter), and `apply` removes them again.
 """
