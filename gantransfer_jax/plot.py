@@ -154,8 +154,27 @@ def _pyplot():
   return plt
 
 
+# Line styles of the runs that share a method and init (seeds), in order.
+_SEED_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+
+
+def run_styles(runs: Sequence[RunHistory]) -> list[tuple[str, Any]]:
+  """(colour, line style) per run: one colour per method and init, one line style per
+  run within it, so that a study's seeds read as one method (a colour cycle over runs
+  would repeat after ten and give two methods the same colour)."""
+  plt = _pyplot()
+  palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  colours, counts, styles = {}, collections.Counter(), []
+  for run in runs:
+    colour = colours.setdefault(run.label, palette[len(colours) % len(palette)])
+    styles.append((colour, _SEED_STYLES[counts[run.label] % len(_SEED_STYLES)]))
+    counts[run.label] += 1
+  return styles
+
+
 def compare_figure(runs: Sequence[RunHistory]):
-  """FID and recall against kimg, one curve per run, convergence points marked.
+  """FID and recall against kimg, one curve per run (a colour per method and init, a
+  line style per seed), convergence points marked; the legend sits below the panels.
 
   Each convergence marker and line carries gid 'convergence:<label>' so tests and
   notebooks can find them among the figure's artists.
@@ -163,12 +182,18 @@ def compare_figure(runs: Sequence[RunHistory]):
   plt = _pyplot()
   # A third panel for ADA's augmentation probability when any run logged it.
   with_p = any(len(run.curve("augment/p")[0]) for run in runs)
-  fig, axes = plt.subplots(1, 3 if with_p else 2, figsize=(18 if with_p else 12, 4.5))
+  labels = unique_labels(runs)
+  width = 18 if with_p else 12
+  # As many legend columns as the longest label leaves room for (~0.075 in per
+  # character at the small font, plus the line sample).
+  columns = max(1, min(len(runs), int(width / (0.075 * max(map(len, labels), default=1)
+                                               + 0.8))))
+  legend_inches = 0.22 * -(-len(runs) // columns) + 0.2
+  fig, axes = plt.subplots(1, 3 if with_p else 2, figsize=(width, 4.5 + legend_inches))
   ax_fid, ax_recall = axes[:2]
-  for run, label in zip(runs, unique_labels(runs)):
+  for run, label, (color, style) in zip(runs, labels, run_styles(runs)):
     kimg, fid = run.curve(registry.PRIMARY_KEY)
-    (line,) = ax_fid.plot(kimg, fid, marker=".", label=label)
-    color = line.get_color()
+    ax_fid.plot(kimg, fid, marker=".", color=color, linestyle=style, label=label)
     converged = run.convergence_kimg
     if converged is not None:
       ax_fid.axvline(converged, color=color, linestyle=":", linewidth=1,
@@ -176,10 +201,10 @@ def compare_figure(runs: Sequence[RunHistory]):
       ax_fid.plot([converged], [run.convergence_fid], marker="*", markersize=13,
                   color=color, linestyle="none", gid=f"convergence:{label}")
     kimg, recall = run.curve("eval/recall")
-    ax_recall.plot(kimg, recall, marker=".", color=color, label=label)
+    ax_recall.plot(kimg, recall, marker=".", color=color, linestyle=style, label=label)
     if with_p:
       kimg, p = run.curve("augment/p")
-      axes[2].plot(kimg, p, color=color, label=label)
+      axes[2].plot(kimg, p, color=color, linestyle=style, label=label)
   ax_fid.set(title="FID (star, dotted line: within 5% of the run's best)",
              xlabel="kimg (thousands of images shown)", ylabel="FID")
   ax_recall.set(title="Recall", xlabel="kimg (thousands of images shown)", ylabel="recall")
@@ -188,8 +213,10 @@ def compare_figure(runs: Sequence[RunHistory]):
                 xlabel="kimg (thousands of images shown)", ylabel="p")
   for ax in axes:
     ax.grid(alpha=0.3)
-  ax_fid.legend(fontsize="small")
-  fig.tight_layout()
+  # Below the panels, not over the curves: a study has a dozen runs.
+  fig.legend(*ax_fid.get_legend_handles_labels(), loc="lower center", ncol=columns,
+             fontsize="small", frameon=False)
+  fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
   return fig
 
 

@@ -84,6 +84,28 @@ def test_convergence_marker_sits_on_the_fid_curve(tmp_path):
     plt.close(fig)
 
 
+def test_seeds_of_one_method_share_a_colour_and_methods_do_not(tmp_path):
+  """Twelve runs (four methods x three seeds): more than the ten-colour cycle holds."""
+  methods = ("scratch", "transfergan", "freezed", "dip_freezed")
+  runs = [plot.load_run(write_run(tmp_path / f"{method}_s{seed}", method=method))
+          for method in methods for seed in range(3)]
+  fig = plot.compare_figure(runs)
+  try:
+    ax_fid = fig.axes[0]
+    curves = [line for line in ax_fid.get_lines() if not (line.get_gid() or "")]
+    assert len(curves) == 12
+    colours = [curve.get_color() for curve in curves]
+    styles = [curve.get_linestyle() for curve in curves]
+    for i in range(0, 12, 3):
+      assert len(set(colours[i:i + 3])) == 1 and len(set(styles[i:i + 3])) == 3
+    assert len({colours[i] for i in range(0, 12, 3)}) == 4
+    # The legend is the figure's, below the panels, and names every run.
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == 12 and ax_fid.get_legend() is None
+  finally:
+    plot._pyplot().close(fig)
+
+
 def test_labels_only_grow_on_collisions(tmp_path):
   runs = [plot.load_run(write_run(tmp_path / "x", method="scratch", init=None)),
           plot.load_run(write_run(tmp_path / "y", method="freezed"))]
