@@ -1,10 +1,12 @@
 r"""The transfer study (issue #16 item 2) at CPU scale, in one command.
 
   .venv/bin/python launch/study.py                       # defaults: see below
-  .venv/bin/python launch/study.py --name=orl100_long --pretrain_steps=16000 --seeds=0,1,2,3
+  .venv/bin/python launch/study.py --name=orl100_cpu --pretrain_steps=4000   # 64 kimg
 
 1. Pretrains `--pretrain_config` (default `ps_pretrain.py:quick`, the baseline
-   architecture) on Primitives-PS for `--pretrain_steps` in ROOT/ps_pretrain.
+   architecture) on Primitives-PS for `--pretrain_steps` (default 16000 = 256 kimg: the
+   length at which its samples show the salient object with sharp edges; at 64 kimg
+   they are soft blobs) in ROOT/ps_pretrain.
 2. Finetunes on a seeded `--shots`-image subset of `--dataset` (default 100 ORL faces;
    the subset is fixed by `--subset_seed`, so every method and seed sees the same images,
    the seeds vary only the training randomness) with each of `--methods` (the
@@ -23,14 +25,18 @@ r"""The transfer study (issue #16 item 2) at CPU scale, in one command.
    the shapes) and study.md (the command, the machine, wall times, measured img/s).
 
 Rerunning the same command skips the finished pretraining and finetunes (sweep's check:
-the latest checkpoint reached total_steps) and rewrites OUT from the workdirs.
+the latest checkpoint reached total_steps) and rewrites OUT from the workdirs. ROOT
+records the protocol its runs were made with (ROOT/study_protocol.json: pretraining,
+data, lengths, evaluation, overrides); a rerun that changes it is refused, since it would
+keep finetunes made from another checkpoint. More seeds or methods are the same study.
 
 Pass-through: every `--config.*` argument goes to each finetune, every `--pretrain.X=V`
 to the pretraining as `--config.X=V` (e.g. tiny models for tests). `--command_prefix`
 replaces `python -m gantransfer_jax.main` for pretraining and finetunes alike.
 
-Time (defaults, 2 cores at load ~1.7): 1 h 20 min, measured (README, "Worked example
-(CPU)"); study.md of any run records its own.
+Time (defaults, 2 cores at load ~1.7): about 1 h 39 min, measured in parts (README,
+"Worked example (CPU)": pretraining 22 min 55 s, finetunes 76 min); study.md of any run
+records its own.
 """
 
 from __future__ import annotations
@@ -71,12 +77,13 @@ def _load_sweep():
 
 sweep = _load_sweep()
 
-DEFAULT_NAME = "orl100_cpu"
+DEFAULT_NAME = "orl100_cpu_pt256full"
 DEFAULT_METHODS = ("scratch", "transfergan", "freezed", "dip_freezed+stylegan2")
 PRETRAIN_DIR = "ps_pretrain"
 RUNS_DIR = "runs"
 SUMMARY_CSV = "summary.csv"
 STUDY_MD = "study.md"
+PROTOCOL_JSON = "study_protocol.json"
 FIGURE = "fid_vs_kimg.png"
 
 
@@ -152,6 +159,45 @@ def pretrain(workdir: str, config: str, steps: int, extra: Sequence[str],
     _log(f"pretraining FAILED with return code {returncode}; last lines of {log_path}:\n"
          f"{sweep._tail(log_path)}")  # pylint: disable=protected-access
   return returncode == 0
+
+
+def protocol(args: argparse.Namespace, extra: Sequence[str],
+             pretrain_extra: Sequence[str]) -> dict[str, Any]:
+  """What the runs under a study's root were made with: the fields that, changed, make
+  its finished runs another study's (methods and seeds may be added to it)."""
+  return {"pretrain_config": args.pretrain_config, "pretrain_steps": args.pretrain_steps,
+          "pretrain_overrides": list(pretrain_extra), "dataset": args.dataset,
+          "shots": args.shots, "subset_seed": args.subset_seed,
+          "finetune_kimg": args.finetune_kimg, "evals": args.evals,
+          "eval_num_images": args.eval_num_images, "config_file": args.config_file,
+          "finetune_overrides": list(extra)}
+
+
+def check_protocol(root: str, wanted: dict[str, Any]) -> None:
+  """Records `wanted` in ROOT, or checks it against the one recorded there.
+
+  A rerun skips finished runs, so without this a rerun with e.g. a longer pretraining
+  would resume the pretraining and keep the finetunes made from the old checkpoint.
+
+  Raises:
+    ValueError: ROOT holds a study of another protocol (the fields that differ named).
+  """
+  path = os.path.join(root, PROTOCOL_JSON)
+  if os.path.exists(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        recorded = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path} is unreadable ({e}): restore or remove it") from None
+    changed = [f"{key}: {recorded.get(key)!r} there, {value!r} now"
+               for key, value in wanted.items() if recorded.get(key) != value]
+    if changed:
+      raise ValueError(f"{root} holds the runs of a study made otherwise ({'; '.join(changed)}):"
+                       " pass another --name or --root for a new study")
+    return
+  os.makedirs(root, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(wanted, f, indent=2)
 
 
 def mean_rate(workdir: str, key: str) -> float | None:
@@ -264,7 +310,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str], list
   parser.add_argument("--root", default=None, help="Workdirs (default workdirs/study/NAME).")
   parser.add_argument("--out", default=None, help="Results (default docs/results/NAME).")
   parser.add_argument("--pretrain_config", default="configs/ps_pretrain.py:quick")
-  parser.add_argument("--pretrain_steps", type=int, default=4000)
+  parser.add_argument("--pretrain_steps", type=int, default=16000)
   parser.add_argument("--methods", type=_list, default=list(DEFAULT_METHODS),
                       help="finetune.py presets (without ',quick'); '+' for their ','.")
   parser.add_argument("--dataset", default="orl_faces", help="config.data.source.")
@@ -301,6 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                            batch_size(m, extra, args.config_file)) for m in args.methods}
   runs_by_method = {m: sweep.make_grid([preset(m)], [args.dataset], [args.shots], args.seeds)
                     for m in args.methods}
+  try:
+    check_protocol(root, protocol(args, extra, pretrain_extra))
+  except ValueError as e:
+    _log(f"error: {e}")
+    return 2
   pretrain_dir = os.path.join(root, PRETRAIN_DIR)
   timings = {}
   # The seeds of a method compile the same train and evaluation steps (scratch and

@@ -128,3 +128,28 @@ def test_tiny_study_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
   assert "pretraining" in log and "finished already, skipped" in log
   assert log.count("0 of 1 runs to do") == len(runs)
   assert (out / "results.csv").exists()
+
+  # The same root with another pretraining length: refused before any process starts,
+  # instead of resuming the pretraining and keeping finetunes of the old checkpoint.
+  capsys.readouterr()
+  longer = [a if not a.startswith("--pretrain_steps=") else "--pretrain_steps=8" for a in argv]
+  assert study.main(longer) == 2
+  assert [_headers(w) for w in workdirs] == before
+  assert "pretrain_steps: 4 there, 8 now" in capsys.readouterr().out
+
+
+def test_a_root_keeps_the_protocol_its_runs_were_made_with(tmp_path):
+  args, extra, pretrain_extra = study.parse_args(["--pretrain_steps=4", "--config.seed=1"])
+  wanted = study.protocol(args, extra, pretrain_extra)
+  study.check_protocol(str(tmp_path), wanted)  # Recorded,
+  study.check_protocol(str(tmp_path), wanted)  # and found the same.
+  more = study.parse_args(["--pretrain_steps=4", "--config.seed=1", "--seeds=0,1,2,3",
+                           "--methods=scratch"])
+  study.check_protocol(str(tmp_path), study.protocol(*more))  # More seeds, fewer methods.
+  other = study.parse_args(["--pretrain_steps=4", "--shots=10"])
+  with pytest.raises(ValueError, match=r"shots: 100 there, 10 now; finetune_overrides: "
+                                       r"\['--config.seed=1'\] there, \[\] now"):
+    study.check_protocol(str(tmp_path), study.protocol(*other))
+  (tmp_path / study.PROTOCOL_JSON).write_text('{"pretrain_st')  # Truncated.
+  with pytest.raises(ValueError, match="is unreadable"):
+    study.check_protocol(str(tmp_path), wanted)
