@@ -22,7 +22,8 @@ r"""The transfer study (issue #16 item 2) at CPU scale, in one command.
    per run, and mean ± std over seeds), summary.csv (mean and std per method),
    fid_vs_kimg.png (`plot compare` over all runs), samples_<method>.png (the final grid of
    each method's first seed), pretrain_samples.png (the pretraining's final grid, to see
-   the shapes) and study.md (the command, the machine, wall times, measured img/s).
+   the shapes) and study.md (the command, the machine, wall times, measured img/s;
+   each run's wall time over all its invocations, from its log, so reruns keep it).
 
 Rerunning the same command skips the finished pretraining and finetunes (sweep's check:
 the latest checkpoint reached total_steps) and rewrites OUT from the workdirs. ROOT
@@ -154,7 +155,9 @@ def pretrain(workdir: str, config: str, steps: int, extra: Sequence[str],
     log_file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
     log_file.flush()
     _log(f"pretraining {workdir}: started, log {log_path}")
+    start = time.time()
     returncode = subprocess.call(command, stdout=log_file, stderr=subprocess.STDOUT)
+    sweep.write_exit_line(log_file, returncode, time.time() - start)
   if returncode:
     _log(f"pretraining FAILED with return code {returncode}; last lines of {log_path}:\n"
          f"{sweep._tail(log_path)}")  # pylint: disable=protected-access
@@ -265,23 +268,27 @@ def write_outputs(out: str, root: str, runs_by_method: dict[str, list], pretrain
       written.append(shutil.copyfile(source, os.path.join(out, name)))
 
   throughput = ["| run | batch | steps | eval every (steps) | img/s (training) | "
-                "s per evaluation |", "|---|---|---|---|---|---|"]
+                "s per evaluation | wall (all its invocations) |",
+                "|---|---|---|---|---|---|---|"]
   for label, workdir, sched in [("pretraining", pretrain_dir, None)] + [
       (run.name, run.workdir(runs_root), schedules[m])
       for m, runs in runs_by_method.items() for run in runs]:
     rate, seconds = (mean_rate(workdir, "perf/img_per_sec"),
                      mean_rate(workdir, "perf/eval_seconds"))
+    wall = sweep.logged_seconds(workdir)
     throughput.append(
         f"| {label} | {sched.batch_size if sched else ''} | "
         f"{sched.total_steps if sched else ''} | {sched.eval_every if sched else ''} | "
         f"{'' if rate is None else f'{rate:.1f}'} | "
-        f"{'' if seconds is None else f'{seconds:.0f}'} |")
+        f"{'' if seconds is None else f'{seconds:.0f}'} | "
+        f"{'' if wall is None else sweep._duration(wall)} |")  # pylint: disable=protected-access
   lines = [
       "# Transfer study: " + os.path.basename(os.path.normpath(out)),
       "Written by `launch/study.py`; numbers only, no interpretation.",
       f"Command: `{shlex.join(['.venv/bin/python', 'launch/study.py', *argv])}`",
       f"Machine: {_machine()}.",
-      "Wall time of the last invocation (finished work is skipped on a rerun): " + ", ".join(
+      "Wall time of the last invocation (finished work is skipped on a rerun; the table "
+      "below has each run's own, over all its invocations): " + ", ".join(
           f"{k} {sweep._duration(v)}" for k, v in timings.items()) + ".",  # pylint: disable=protected-access
       "## Mean ± std over seeds", sweep.markdown_table(
           sweep.group_over_seeds(rows), (*sweep.GROUP_KEYS, "seeds", *sweep.metric_columns())),

@@ -214,6 +214,28 @@ def _duration(seconds: float) -> str:
   return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
+# The line a run's log ends each invocation with; `logged_seconds` sums them, so a run's
+# time survives the reruns that skip it.
+_EXIT_LINE = "=== {date}: exited with code {code} after {seconds:.1f} s\n"
+_EXIT_PATTERN = re.compile(r"^=== .*: exited with code -?\d+ after ([0-9.]+) s$")
+
+
+def write_exit_line(log_file, returncode: int, seconds: float) -> None:
+  log_file.write(_EXIT_LINE.format(date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                                   code=returncode, seconds=seconds))
+
+
+def logged_seconds(workdir: str) -> float | None:
+  """Wall seconds of every invocation the run's log records (None: no record, e.g. a
+  run made before the log kept them)."""
+  path = os.path.join(workdir, LOG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8", errors="replace") as f:
+    times = [float(m.group(1)) for m in map(_EXIT_PATTERN.match, f) if m]
+  return sum(times) if times else None
+
+
 def _print(message: str) -> None:
   print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -283,6 +305,7 @@ def run_sweep(runs: Sequence[Run], root: str, extra: Sequence[str] = (), *,
 
   def finish(slot: int, returncode: int) -> None:
     k, run, _, log_file, started = running.pop(slot)
+    write_exit_line(log_file, returncode, time.time() - started)
     log_file.close()
     free_slots.append(slot)
     elapsed = _duration(time.time() - started)

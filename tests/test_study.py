@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -128,6 +129,11 @@ def test_tiny_study_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
   assert "pretraining" in log and "finished already, skipped" in log
   assert log.count("0 of 1 runs to do") == len(runs)
   assert (out / "results.csv").exists()
+  # The rerun's study.md still has every run's wall time, from the runs' own logs.
+  table = [line for line in (out / study.STUDY_MD).read_text().splitlines()
+           if line.startswith(("| pretraining ", *(f"| {n} " for n in runs.values())))]
+  assert len(table) == 1 + len(runs)
+  assert all(re.fullmatch(r"\d+m\d\ds", line.split("|")[-2].strip()) for line in table)
 
   # The same root with another pretraining length: refused before any process starts,
   # instead of resuming the pretraining and keeping finetunes of the old checkpoint.

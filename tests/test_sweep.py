@@ -162,6 +162,25 @@ def test_sweep_resumes_a_partly_finished_grid(tmp_path, fake_trainer, capsys):
   assert len(invocations()) == before
 
 
+def test_a_runs_log_keeps_the_time_of_every_invocation(tmp_path, fake_trainer):
+  prefix, _ = fake_trainer
+  root = str(tmp_path / "sweep")
+  (run,) = sweep.make_grid(["scratch"], ["orl_faces"], [10], [0])
+  workdir = run.workdir(root)
+  assert sweep.logged_seconds(workdir) is None  # No log yet.
+  for total in (5, 10):  # A run stopped at 5 of 10 steps, then finished.
+    sweep.run_sweep([run], root, [f"--config.total_steps={total}"],
+                    command_prefix=prefix.split(), poll_seconds=0.05)
+  first, second = [float(line.rsplit(" after ", 1)[1].split()[0])
+                   for line in open(os.path.join(workdir, sweep.LOG_FILE))
+                   if " exited with code 0 after " in line]
+  assert first > 0 and second > 0
+  assert sweep.logged_seconds(workdir) == pytest.approx(first + second)
+  # A finished run's rerun skips it and adds nothing.
+  sweep.run_sweep([run], root, ["--config.total_steps=10"], command_prefix=prefix.split())
+  assert sweep.logged_seconds(workdir) == pytest.approx(first + second)
+
+
 def test_failed_runs_are_reported_and_tabulated(tmp_path, fake_trainer, capsys):
   prefix, invocations = fake_trainer
   root = str(tmp_path / "sweep")
