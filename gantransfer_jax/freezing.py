@@ -37,6 +37,11 @@ def merge(trainable: Params, frozen: Params) -> Params:
   return traverse_util.unflatten_dict(flat)
 
 
+def named_groups(groups: Sequence[Sequence[str]]) -> list[tuple[Prefix, ...]]:
+  """Groups given by their top-level parameter names -> groups of one-name prefixes."""
+  return [tuple((name,) for name in group) for group in groups]
+
+
 def group_prefixes(groups: Sequence[Sequence[Prefix]], count: int) -> tuple[Prefix, ...]:
   """The prefixes of the first `count` of `groups` (each group a sequence of prefixes),
   in order: what freezing those groups splits off.

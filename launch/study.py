@@ -152,8 +152,7 @@ def pretrain(workdir: str, config: str, steps: int, extra: Sequence[str],
   os.makedirs(workdir, exist_ok=True)
   log_path = os.path.join(workdir, sweep.LOG_FILE)
   with open(log_path, "a", encoding="utf-8") as log_file:
-    log_file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n")
-    log_file.flush()
+    sweep.write_start_line(log_file, command)
     _log(f"pretraining {workdir}: started, log {log_path}")
     start = time.time()
     returncode = subprocess.call(command, stdout=log_file, stderr=subprocess.STDOUT)

@@ -220,6 +220,11 @@ _EXIT_LINE = "=== {date}: exited with code {code} after {seconds:.1f} s\n"
 _EXIT_PATTERN = re.compile(r"^=== .*: exited with code -?\d+ after ([0-9.]+) s$")
 
 
+def write_start_line(log_file, command: Sequence[str], where: str = "") -> None:
+  log_file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}{where}: {shlex.join(command)}\n")
+  log_file.flush()
+
+
 def write_exit_line(log_file, returncode: int, seconds: float) -> None:
   log_file.write(_EXIT_LINE.format(date=time.strftime("%Y-%m-%d %H:%M:%S"),
                                    code=returncode, seconds=seconds))
@@ -296,19 +301,18 @@ def run_sweep(runs: Sequence[Run], root: str, extra: Sequence[str] = (), *,
     workdir = run.workdir(root)
     os.makedirs(workdir, exist_ok=True)
     log_file = open(os.path.join(workdir, LOG_FILE), "a", encoding="utf-8")
-    log_file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}{where}: "
-                   f"{shlex.join(command)}\n")
-    log_file.flush()
+    write_start_line(log_file, command, where)
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     log(f"[{k}/{total}] {run.name}: started{where}, log {log_file.name}")
     running[slot] = (k, run, process, log_file, time.time())
 
   def finish(slot: int, returncode: int) -> None:
     k, run, _, log_file, started = running.pop(slot)
-    write_exit_line(log_file, returncode, time.time() - started)
+    seconds = time.time() - started
+    write_exit_line(log_file, returncode, seconds)
     log_file.close()
     free_slots.append(slot)
-    elapsed = _duration(time.time() - started)
+    elapsed = _duration(seconds)
     if returncode == 0:
       log(f"[{k}/{total}] {run.name}: done in {elapsed}")
       report.completed.append(run.name)

@@ -19,6 +19,7 @@ nothing under `models/` imports it.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Callable
 
 import ml_collections
@@ -169,23 +170,11 @@ def set_truncation_psi(config: Config, psi: float) -> None:
 # ---- The built-in families ----------------------------------------------------------
 
 
-def _stylegan2_defaults() -> dict[str, Any]:
-  from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
-
-  return stylegan2.CONFIG_DEFAULTS
-
-
-def _resnet_defaults() -> dict[str, Any]:
-  from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
-
-  return resnet_gan.CONFIG_DEFAULTS
-
-
-def _sngan_defaults() -> dict[str, Any]:
-  from gantransfer_jax.models import sngan  # pylint: disable=g-import-not-at-top
-
-  return sngan.CONFIG_DEFAULTS
-
+def _defaults_of(network_module: str) -> Callable[[], dict[str, Any]]:
+  """`gantransfer_jax.models.<network_module>.CONFIG_DEFAULTS`, imported when asked, as
+  the build functions import their networks."""
+  return lambda: importlib.import_module(
+      f"gantransfer_jax.models.{network_module}").CONFIG_DEFAULTS
 
 
 def _build_stylegan2(config: Config) -> gan_lib.Gan:
@@ -278,12 +267,12 @@ def _adafm_has_modulation(config: Config) -> bool:
 # Registration order is the order messages list the families in ("valid: ...").
 register(Family(
     name="stylegan2", build=_build_stylegan2, config_section="stylegan2",
-    defaults=_stylegan2_defaults, supports_path_length=True, supports_style_mixing=True,
+    defaults=_defaults_of("stylegan2"), supports_path_length=True, supports_style_mixing=True,
     mixes_styles_in_training=True,
     conditional=True, supports_minegan=True, supports_truncation=True,
     minibatch_std_group=lambda config: config.stylegan2.mbstd_group_size))
 register(Family(
-    name="resnet", build=_build_resnet, config_section="resnet", defaults=_resnet_defaults,
+    name="resnet", build=_build_resnet, config_section="resnet", defaults=_defaults_of("resnet_gan"),
     problems=_resnet_problems, supports_minegan=True))
 # AdaFM's checkpoints pass on no section (as before the registry): its transfer reads a
 # ResNet GAN's G, so its finetunes start from `resnet` checkpoints, whose section is.
@@ -292,5 +281,5 @@ register(Family(
     supports_style_mixing=True, has_modulation=_adafm_has_modulation,
     transfers_from=("resnet",), inherit_section=False))
 register(Family(
-    name="sngan", build=_build_sngan, config_section="sngan", defaults=_sngan_defaults,
+    name="sngan", build=_build_sngan, config_section="sngan", defaults=_defaults_of("sngan"),
     conditional=True, has_generator_batch_stats=True))

@@ -29,7 +29,6 @@ baseline of paper 003.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -329,11 +328,6 @@ class StyleGAN2Gan(Gan):
     return ModulationSite(scope=("synthesis",), layers=("conv0", "conv1"), kernel="weight")
 
 
-def _top_level_groups(groups: Sequence[Sequence[str]]) -> list[Group]:
-  """Groups given as top-level parameter names -> `Group`s of one-name prefixes."""
-  return [tuple((name,) for name in group) for group in groups]
-
-
 def _check_noise_consts(noise_mode: str, g_state: State) -> None:
   if noise_mode == "const" and "noise_consts" not in g_state:
     raise ValueError("noise_mode 'const' needs the generator's constant noise maps "
@@ -394,12 +388,12 @@ class ResNetGan(Gan):
   def generator_groups(self) -> list[Group]:
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
 
-    return _top_level_groups(resnet_gan.generator_group_names(self.resolution))
+    return freezing.named_groups(resnet_gan.generator_group_names(self.resolution))
 
   def discriminator_groups(self) -> list[Group]:
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
 
-    return _top_level_groups(resnet_gan.discriminator_group_names(self.resolution))
+    return freezing.named_groups(resnet_gan.discriminator_group_names(self.resolution))
 
   def modulation_site(self) -> ModulationSite:
     return _RESNET_MODULATED
@@ -469,7 +463,7 @@ class AdaFMGan(Gan):
   def discriminator_groups(self) -> list[Group]:
     from gantransfer_jax.models import resnet_gan  # pylint: disable=g-import-not-at-top
 
-    return _top_level_groups(resnet_gan.discriminator_group_names(self.resolution))
+    return freezing.named_groups(resnet_gan.discriminator_group_names(self.resolution))
 
   def modulation_site(self) -> ModulationSite:
     return ModulationSite(scope=(GENERAL,), layers=adafm_lib.MODULATED_LAYERS)

@@ -90,8 +90,7 @@ def discriminator_group_names(resolution: int) -> list[Prefix]:
 def frozen_prefixes(groups: Sequence[Prefix], num_frozen: int) -> list[Prefix]:
   """`freezing.split` prefixes for the first `num_frozen` of `groups` (image side first),
   each group given by its top-level names."""
-  named = [[(name,) for name in group] for group in groups]
-  return list(freezing.group_prefixes(named, num_frozen))
+  return list(freezing.group_prefixes(freezing.named_groups(groups), num_frozen))
 
 
 def leaky_relu(x: Array) -> Array:

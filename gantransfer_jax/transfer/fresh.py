@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-from flax import traverse_util
 
 from gantransfer_jax import freezing
 from gantransfer_jax.models import gan as gan_lib
@@ -35,12 +34,8 @@ class Fresh(base.Identity):
   prefixes: tuple[Prefix, ...]
 
   def transfer(self, fresh, loaded):
-    fresh_leaves = traverse_util.flatten_dict(fresh)
-    leaves = traverse_util.flatten_dict(loaded)
-    for path in leaves:
-      if any(path[:len(prefix)] == prefix for prefix in self.prefixes):
-        leaves[path] = fresh_leaves[path]
-    return traverse_util.unflatten_dict(leaves)
+    _, fresh_layers = freezing.split(fresh, self.prefixes)
+    return freezing.merge(loaded, fresh_layers)
 
 
 def _parse_prefixes(arg: str | None, network: str, field: str) -> tuple[Prefix, ...]:
