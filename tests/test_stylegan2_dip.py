@@ -136,7 +136,8 @@ def _tiny_config(**overrides):
 def test_transfer_from_an_unconditional_source_starts_as_the_source():
   source = builder.build_gan(_tiny_config())
   target = builder.build_gan(_tiny_config(num_classes=COND_DIM))
-  assert isinstance(target, gan_lib.StyleGAN2Gan) and target.cond_dim == COND_DIM
+  # The family's Gan behind its condition transforms (G_emb, D_emb).
+  assert isinstance(target.base, gan_lib.StyleGAN2Gan) and target.cond_dim == COND_DIM
   g_vars, d_vars = jax.device_get(source.init(_key(0)))
   fresh_g, fresh_d = jax.device_get(target.init(_key(1)))
   g_params, g_state = gan_lib.split_variables(g_vars)

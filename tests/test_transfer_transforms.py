@@ -20,7 +20,9 @@ from gantransfer_jax import train
 from gantransfer_jax import validation
 from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.models import smallhead
+from gantransfer_jax.models import families
 from gantransfer_jax.transfer import base
+from gantransfer_jax.transfer import condition
 from gantransfer_jax.transfer import registry
 from gantransfer_jax.transfer import wrapper
 
@@ -284,6 +286,53 @@ def test_every_problem_is_reported_by_validation(tmp_path):
     validation.validate_train_config(config, str(tmp_path / "run"))
   with pytest.raises(ValueError, match="unknown transform"):
     builder.build_gan(stylegan2_config("lora"))
+
+
+# ---- Conditioning: G_emb and D_emb as transforms.
+
+
+def _embedding(prior_dim, value):
+  return {"fc0": {"weight": np.full((prior_dim, 4), value, np.float32)},
+          "fc1": {"weight": np.full((4, 4), value, np.float32)}}
+
+
+def test_a_condition_embedding_starts_from_the_source_leaf_by_leaf():
+  g_emb = condition.Condition(gan_lib.ConditionSite(G, "g_emb"))
+  d_emb = condition.Condition(gan_lib.ConditionSite(D, "d_emb", zero_when_new=True))
+  body = {"kernel": np.full((2, 2), 3.0, np.float32)}
+  fresh = {"body": np.zeros((2, 2)), "g_emb": _embedding(5, 1.0), "d_emb": _embedding(5, 1.0)}
+  for transform in (g_emb, d_emb):
+    name = transform.site.name
+    # The same prior: the source's embedding, all of it.
+    same = transform.transfer(fresh, {"body": body, name: _embedding(5, 2.0)})
+    jax.tree.map(np.testing.assert_array_equal, same, {"body": body, name: _embedding(5, 2.0)})
+    # Another prior: its first layer fresh, the deeper one carried over.
+    other = transform.transfer(fresh, {"body": body, name: _embedding(3, 2.0)})
+    np.testing.assert_array_equal(other[name]["fc0"]["weight"], fresh[name]["fc0"]["weight"])
+    np.testing.assert_array_equal(other[name]["fc1"]["weight"], np.full((4, 4), 2.0))
+    assert other["body"] is body
+  # An unconditional source: G_emb as initialised, D_emb at zero (no projection term yet).
+  jax.tree.map(np.testing.assert_array_equal, g_emb.transfer(fresh, {"body": body})["g_emb"],
+               fresh["g_emb"])
+  jax.tree.map(np.testing.assert_array_equal, d_emb.transfer(fresh, {"body": body})["d_emb"],
+               jax.tree.map(np.zeros_like, fresh["d_emb"]))
+
+
+def test_conditional_families_get_their_condition_transforms_first():
+  def sites(config):
+    gan = families.get(config.model).build(config)
+    return [(t.network, t.site.name) for t in registry.from_config(config, gan)
+            if isinstance(t, condition.Condition)]
+
+  assert not sites(stylegan2_config(""))
+  conditional = stylegan2_config("freeze_d:1")
+  conditional.num_classes = 3
+  gan = families.get("stylegan2").build(conditional)
+  transforms = registry.from_config(conditional, gan)
+  assert [type(t) for t in transforms][:2] == [condition.Condition] * 2
+  assert sites(conditional) == [(G, "g_emb"), (D, "d_emb")]
+  # SNGAN embeds a constant condition when unconditional: its embeddings always exist.
+  assert sites(ps_pretrain.get_config("sngan,tiny")) == [(G, "g_emb"), (D, "d_emb")]
 
 
 # ---- The ARCHITECTURE.md recipe, followed: a toy transform registered in the test alone.

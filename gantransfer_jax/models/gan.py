@@ -21,7 +21,9 @@ Conditioning: `cond` is None for unconditional models and a float [B, cond_dim] 
 conditional `sngan` and `stylegan2` ones: a data instance prior C(x) (DIP) or a one-hot
 class label (conditional CIFAR track). An unconditional `sngan` (cond_dim 0) sees a
 constant zero condition, which makes its projection term vanish: the plain SNGAN
-baseline of paper 003.
+baseline of paper 003. The condition embeddings G_emb and D_emb are layers of the
+networks; `condition_sites` names them for `transfer.condition`, which says how a
+finetune starts them.
 
 `models.families` builds each family's `Gan` and says what the family supports.
 """
@@ -73,6 +75,21 @@ class ModulationSite:
   scope: Prefix
   layers: tuple[str, ...]
   kernel: str = "kernel"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionSite:
+  """A condition embedding of one network (`transfer.condition`): DIP's G_emb or D_emb.
+
+  Attributes:
+    network: `GENERATOR` or `DISCRIMINATOR`.
+    name: its top-level entry in the network's params (`G_EMBEDDING`, `D_EMBEDDING`).
+    zero_when_new: how a finetune from a source without it starts it: at zero (a
+      projection term, so that D starts as the source's) or else as freshly initialised.
+  """
+  network: str
+  name: str
+  zero_when_new: bool = False
 
 
 def variables(params: Params, state: State) -> dict[str, Any]:
@@ -146,6 +163,10 @@ class Gan:
     """The kernels AdaFM / FS modulate (`config.transfer = 'adafm'`); None: none."""
     return None
 
+  def condition_sites(self) -> list[ConditionSite]:
+    """The condition embeddings its networks hold (`transfer.condition`; []: none)."""
+    return []
+
   def config_transforms(self) -> list[ConfigTransform]:
     """The transforms the family's own config fields ask for, before `config.transfer`'s:
     by default FreezeD's `config.freeze_d` (a count of 0 adds none)."""
@@ -209,33 +230,36 @@ class StyleGAN2Gan(Gan):
       raise ValueError("this StyleGAN2 is conditional (dip.prior or num_classes): pass cond")
     return cond if self.cond_dim else None
 
+  def condition_sites(self) -> list[ConditionSite]:
+    """G_emb and D_emb of the DIP variant; a source without them starts D_emb at zero,
+    so the projection term starts at 0 (its gradient does not)."""
+    if not self.cond_dim:
+      return []
+    return [ConditionSite(GENERATOR, G_EMBEDDING),
+            ConditionSite(DISCRIMINATOR, D_EMBEDDING, zero_when_new=True)]
+
   def transfer(self, fresh, pretrained):
     """As TransferGAN; a conditional model from an unconditional source (DIP from a
     Primitives-PS or converted checkpoint) gets its condition pathways such that it
     starts as the very function the source computes:
 
-    * G: a fresh G_emb, and `mapping/fc0` widened for its input: the z rows are the
-      source's, rescaled by sqrt(new fan-in / z_dim) to undo the equalized-lr gain's
-      change, the embedding rows are zero (trained from the first step on).
-    * D: D_emb is zero, so the projection term starts at 0 (its gradient does not).
+    * G: a fresh G_emb (`transfer.condition`), and here `mapping/fc0` widened for its
+      input: the z rows are the source's, rescaled by sqrt(new fan-in / z_dim) to undo
+      the equalized-lr gain's change, the embedding rows are zero (trained from the
+      first step on).
+    * D: D_emb is zero (`condition_sites`), so the projection term starts at 0.
 
     The paper does not say how its FFHQ models took the new inputs; this choice keeps
     the pretrained samples intact at step 0. A conditional source keeps its
     embeddings unless their shapes differ (another prior or label set: fresh ones).
+    `TransferGan` hands G_emb and D_emb to their transforms: this method sees neither.
     """
+    if not self.cond_dim and G_EMBEDDING in pretrained["generator"]:
+      raise ValueError("init_checkpoint is a conditional StyleGAN2 (DIP priors or labels) "
+                       "but this config is unconditional; set dip.prior or num_classes")
     loaded = super().transfer(fresh, pretrained)
-    source_conditional = G_EMBEDDING in loaded["g_params"]
-    if not self.cond_dim:
-      if source_conditional:
-        raise ValueError("init_checkpoint is a conditional StyleGAN2 (DIP priors or labels) "
-                         "but this config is unconditional; set dip.prior or num_classes")
-      return loaded
-    if source_conditional:
-      return _keep_fresh_condition_embeddings(fresh, loaded)
     for name in ("g_params", "g_ema_params"):
-      loaded[name] = _add_stylegan2_g_embedding(fresh["g_params"], loaded[name])
-    d_emb = jax.tree.map(np.zeros_like, fresh["d_params"][D_EMBEDDING])
-    loaded["d_params"] = {**loaded["d_params"], D_EMBEDDING: d_emb}
+      loaded[name] = _widen_mapping_input(fresh["g_params"], loaded[name], self.z_dim)
     return loaded
 
   def map_latents(self, g_vars, z: Array, cond: Array | None, key: Array,
@@ -354,18 +378,20 @@ def set_noise_mode(config: ml_collections.ConfigDict, noise_mode: str,
   config.stylegan2.noise_mode = noise_mode
 
 
-def _add_stylegan2_g_embedding(fresh: Params, loaded: Params) -> Params:
-  """An unconditional StyleGAN2 G's params with the fresh G_emb and `mapping/fc0`
-  widened to take its output (see `StyleGAN2Gan.transfer`)."""
+def _widen_mapping_input(fresh: Params, loaded: Params, z_dim: int) -> Params:
+  """An unconditional StyleGAN2 G's params (`mapping/fc0` takes z alone) with fc0
+  widened to take G_emb's output too, as `fresh`'s does (see `StyleGAN2Gan.transfer`);
+  any other G's as they are."""
   fc0 = dict(loaded["mapping"]["fc0"])
   weight = np.asarray(fc0["weight"])
-  z_dim, width = weight.shape[0], fresh["mapping"]["fc0"]["weight"].shape[0]
+  width = fresh["mapping"]["fc0"]["weight"].shape[0]
+  if weight.shape[0] != z_dim or width == z_dim:
+    return loaded
   # Equalized lr multiplies the stored weight by 1 / sqrt(fan-in) at run time.
   z_rows = weight * np.sqrt(width / z_dim)
   fc0["weight"] = np.concatenate([z_rows, np.zeros((width - z_dim, weight.shape[1]),
                                                     weight.dtype)])
-  return {**loaded, "mapping": {**loaded["mapping"], "fc0": fc0},
-          G_EMBEDDING: fresh[G_EMBEDDING]}
+  return {**loaded, "mapping": {**loaded["mapping"], "fc0": fc0}}
 
 
 def _general_split(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -525,11 +551,9 @@ class SNGan(Gan):
 
     return [((f"blocks_{i}",),) for i in range(sngan.num_upsamplings(self.resolution) + 1)]
 
-  def transfer(self, fresh, pretrained):
-    """As TransferGAN, except the condition embeddings G_emb and D_emb when the source
-    was conditioned differently (e.g. unconditional, or on another prior or label set):
-    those start fresh, everything else is transferred."""
-    return _keep_fresh_condition_embeddings(fresh, super().transfer(fresh, pretrained))
+  def condition_sites(self) -> list[ConditionSite]:
+    """G_emb and D_emb, conditional or not (an unconditional SNGAN embeds a constant)."""
+    return [ConditionSite(GENERATOR, G_EMBEDDING), ConditionSite(DISCRIMINATOR, D_EMBEDDING)]
 
   def generate(self, g_params, g_state, z, cond, key):
     del key
@@ -548,31 +572,6 @@ class SNGan(Gan):
     del key
     return self.generator.apply(variables(g_params, g_state), z,
                                 self._cond(cond, z.shape[0]), train=False)
-
-
-_CONDITION_EMBEDDINGS = (G_EMBEDDING, D_EMBEDDING)
-
-
-def _keep_fresh_condition_embeddings(fresh: dict[str, Any],
-                                     loaded: dict[str, Any]) -> dict[str, Any]:
-  """`Gan.transfer` fields with G's, G_ema's and D's mismatched embeddings made fresh."""
-  return {**loaded,
-          "g_params": _keep_fresh_embeddings(fresh["g_params"], loaded["g_params"]),
-          "g_ema_params": _keep_fresh_embeddings(fresh["g_params"], loaded["g_ema_params"]),
-          "d_params": _keep_fresh_embeddings(fresh["d_params"], loaded["d_params"])}
-
-
-def _keep_fresh_embeddings(fresh: Params, loaded: Params) -> Params:
-  """`loaded`, with condition-embedding leaves whose shape differs taken from `fresh`."""
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-
-  flat_fresh = traverse_util.flatten_dict(fresh)
-  flat = traverse_util.flatten_dict(loaded)
-  for path, value in flat.items():
-    if (any(name in path for name in _CONDITION_EMBEDDINGS) and path in flat_fresh
-        and flat_fresh[path].shape != value.shape):
-      flat[path] = flat_fresh[path]
-  return traverse_util.unflatten_dict(flat)
 
 
 def condition_dim(config: ml_collections.ConfigDict) -> int:

@@ -55,7 +55,8 @@ class Transform(Protocol):
 
   def transfer(self, fresh: Params, loaded: Params) -> Params:
     """The params a finetune starts from: `loaded` (the source checkpoint's, as the
-    family maps them) with what this transform takes from `fresh` (a new init's)."""
+    family maps them, with what the transforms add where the source has it) with what
+    this transform takes from `fresh` (a new init's)."""
 
 
 class Identity:
@@ -78,8 +79,8 @@ class Identity:
     return tx
 
   def transfer(self, fresh: Params, loaded: Params) -> Params:
-    del fresh
-    return loaded
+    """What it adds and the source lacks starts as initialised (a new modulation)."""
+    return {**{name: fresh[name] for name in self.adds if name not in loaded}, **loaded}
 
 
 def of(transforms: Sequence[Transform], network: str) -> list[Transform]:

@@ -1,7 +1,8 @@
 """The registered transforms, the `config.transfer` parser, and a config's transforms.
 
 `config.transfer` is a comma-separated list of NAME or NAME:ARG ("freeze_d:4,adafm",
-"fs:100"; empty: none). A config's transforms are its family's own
+"fs:100"; empty: none). A config's transforms are its family's condition embeddings
+(`condition`: `Gan.condition_sites`), those its family's own config fields ask for
 (`Gan.config_transforms`: `freeze_d`, AdaFM's `adafm.*` fields), then the listed ones.
 A new transform is a module with its `base.Transform` and a build function, plus one
 `register` call below (a test may register its own: `unregister` removes it).
@@ -16,6 +17,7 @@ import ml_collections
 
 from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.transfer import base
+from gantransfer_jax.transfer import condition
 from gantransfer_jax.transfer import freeze
 from gantransfer_jax.transfer import fresh
 from gantransfer_jax.transfer import modulation
@@ -100,7 +102,7 @@ def _build(config: ml_collections.ConfigDict,
   listed, problems = _parse(config.get("transfer"))
   requests = list(gan.config_transforms()) + [
       (name, arg, f"transfer entry {name!r}") for name, arg in listed]
-  transforms = []
+  transforms: list[base.Transform] = list(condition.from_family(gan))
   for name, arg, field in requests:
     try:
       transform = _REGISTRY[name].build(gan, arg, field)

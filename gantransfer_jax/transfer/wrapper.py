@@ -10,8 +10,8 @@ in it, so every consumer of a `Gan` (the train step, sample grids, evaluation, t
 * training: `trainable` splits what the optimizer sees from what stays fixed, and the
   optimizers are the family's, wrapped by the transforms (a warm-up);
 * transfer: the family's, with what the transforms add taken from the source
-  checkpoint where it has it (a continued finetune) and fresh otherwise; then each
-  transform's `transfer` (fresh layers: `fresh_d:b4`).
+  checkpoint where it has it (a continued finetune); then each transform's `transfer`
+  (what the source lacks: a fresh modulation, a zero D_emb; fresh layers: `fresh_d:b4`).
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ class TransferGan(gan_lib.Gan):
                                    ("g_ema_params", "generator_ema", G),
                                    ("d_params", "discriminator", D)):
       fresh_params = fresh["d_params" if network == D else "g_params"]
-      extras = {name: pretrained[source].get(name, fresh_params[name])
-                for name in base.added(self.transforms, network)}
+      # What the source lacks, each transform starts in its `transfer`.
+      extras = {name: pretrained[source][name]
+                for name in base.added(self.transforms, network) if name in pretrained[source]}
       loaded[field] = base.transfer(self.transforms, network, fresh_params,
                                     {**loaded[field], **extras})
     return loaded
