@@ -33,10 +33,10 @@ The adaptation is a transform of G's forward pass (flax method interception), so
 frozen parameter tree is used exactly as stored:
 
   layers = bsa.statistics_layers(functools.partial(generator.apply, train=False), g_vars,
-                                 z, cond)
+                                 z, embedding)
   adaptation = bsa.init_adaptation(layers)
   with bsa.adapted(adaptation):
-    images = generator.apply(g_vars, z, cond, train=False)
+    images = generator.apply(g_vars, z, embedding, train=False)
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ through edited images' priors, and inversion of a query image.
 
 A DIP generator draws G(z | G_emb(C(x))): `models.sngan.Generator` (G_emb linear,
 conditional batch norm) or a conditional `models.stylegan2.Generator` (G_emb a 2-layer
-MLP, its output a mapping-network input). Both expose `z_dim`, `num_blocks`,
-`embed(prior)` and `__call__(z, embedding=...)`, which is all this module uses. At
+MLP, its output a mapping-network input). Both expose `z_dim`, `num_blocks` and
+`__call__(z, embedding=...)`, which is all this module uses of them; G_emb is the
+condition transform's (`transfer.condition`), reached through `embedder`. At
 inference the prior set D_prior = {C(x_j)} of the training images is what makes
 samples, and everything here works in the conditional space E = G_emb(prior):
 
@@ -47,10 +48,13 @@ import optax
 
 from gantransfer_jax import images as images_lib
 from gantransfer_jax.data import folder
+from gantransfer_jax.models import gan as gan_lib
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels.
 # A conditional sngan.Generator or stylegan2.Generator (see the module docstring).
 Generator = Any
+# G_emb: priors [N, prior_dim] -> embeddings [N, E].
+Embed = Callable[[jax.Array], jax.Array]
 
 SAMPLE_MODES = ("priors", "interpolation", "kmeans", "gmm")
 
@@ -68,18 +72,17 @@ def _seed(key: jax.Array) -> int:
 # ---- The conditional space ---------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _embed(generator: Generator, g_vars, priors: jax.Array) -> jax.Array:
-  return generator.apply(g_vars, priors, method="embed")
+def embedder(gan, g_params, g_state) -> Embed:
+  """G_emb of a conditional `Gan`'s G with these params and state, jitted."""
+  embed = jax.jit(gan.embed_condition, static_argnums=0)
+  return lambda priors: embed(gan_lib.GENERATOR, g_params, g_state, priors)
 
 
-def embed_priors(generator: Generator, g_vars, priors, *,
-                 batch_size: int = 4096) -> jax.Array:
+def embed_priors(embed: Embed, priors, *, batch_size: int = 4096) -> jax.Array:
   """G_emb(priors): [N, prior_dim] -> [N, embedding_dim], in batches so that a large
   D_prior (the paper clusters 200K) never sits on the device at once."""
   priors = np.asarray(priors, np.float32)
-  chunks = [_embed(generator, g_vars, priors[i:i + batch_size])
-            for i in range(0, len(priors), batch_size)]
+  chunks = [embed(priors[i:i + batch_size]) for i in range(0, len(priors), batch_size)]
   return jnp.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
 
@@ -304,7 +307,7 @@ def invert(generator: Generator, g_vars, query, initial_embedding, key: jax.Arra
 # ---- Sample grids ------------------------------------------------------------------------
 
 
-def write_sample_grids(generator: Generator, g_vars, train_priors, out_dir: str,
+def write_sample_grids(generator: Generator, g_vars, embed: Embed, train_priors, out_dir: str,
                        key: jax.Array, *, num: int = 16, modes: Sequence[str] = SAMPLE_MODES,
                        kmeans_clusters: int | None = None, gmm_components: int | None = None,
                        noise_std: float = 1.0, interpolation_rows: int = 4,
@@ -326,7 +329,7 @@ def write_sample_grids(generator: Generator, g_vars, train_priors, out_dir: str,
   unknown = set(modes) - set(SAMPLE_MODES)
   if unknown:
     raise ValueError(f"unknown sample modes {sorted(unknown)}; valid: {SAMPLE_MODES}")
-  embeddings = embed_priors(generator, g_vars, train_priors)
+  embeddings = embed_priors(embed, train_priors)
   count = embeddings.shape[0]
   mode_keys = dict(zip(SAMPLE_MODES, jax.random.split(key, len(SAMPLE_MODES))))
   paths = {}
@@ -340,7 +343,7 @@ def write_sample_grids(generator: Generator, g_vars, train_priors, out_dir: str,
       lam = jnp.tile(jnp.linspace(0.0, 1.0, interpolation_steps), interpolation_rows)
       p1, p2 = (jnp.repeat(jnp.asarray(train_priors)[p], interpolation_steps, axis=0)
                 for p in pair)
-      samples = embed_priors(generator, g_vars, interpolate(p1, p2, lam))
+      samples = embed_priors(embed, interpolate(p1, p2, lam))
       num_cols = interpolation_steps
     elif mode == "kmeans":
       centroids, weights = fit_kmeans(fit_key, embeddings,

@@ -133,7 +133,9 @@ def _dip_outputs(model: Model, out: str, key: jax.Array, num: int, edits: Sequen
   train_priors = model.sampler.data["priors"]
   train_images = sampler_lib.uint8_to_float(jnp.asarray(model.sampler.data["images"]))
   k_grids, k_edit, k_invert = jax.random.split(key, 3)
-  paths = dip.write_sample_grids(generator, g_vars, train_priors, out, k_grids, num=num)
+  embed = dip.embedder(model.gan, model.params, model.state)
+  paths = dip.write_sample_grids(generator, g_vars, embed, train_priors, out, k_grids,
+                                 num=num)
   if not edits and not sketch and not num_invert:
     return paths
 
@@ -141,7 +143,7 @@ def _dip_outputs(model: Model, out: str, key: jax.Array, num: int, edits: Sequen
   per_row = 7
 
   def edit_grid(name: str, edited: jax.Array, key: jax.Array) -> None:
-    conditions = dip.embed_priors(generator, g_vars, dip.edited_priors(prior_fn, edited))
+    conditions = dip.embed_priors(embed, dip.edited_priors(prior_fn, edited))
     z = dip.sample_z(key, len(edited) * per_row, generator)
     generated = dip.generate(generator, g_vars, z, jnp.repeat(conditions, per_row, axis=0))
     rows = [jnp.concatenate([edited[i:i + 1], generated[i * per_row:(i + 1) * per_row]])
@@ -169,7 +171,7 @@ def _dip_outputs(model: Model, out: str, key: jax.Array, num: int, edits: Sequen
 
   if num_invert:
     query = train_images[:num_invert]
-    initial = dip.embed_priors(generator, g_vars, train_priors[:num_invert])
+    initial = dip.embed_priors(embed, train_priors[:num_invert])
     z, embeddings, errors = dip.invert(generator, g_vars, query, initial, k_invert,
                                        steps=invert_steps)
     reconstruction = dip.generate(generator, g_vars, z, embeddings)

@@ -85,25 +85,25 @@ def test_the_adaptation_starts_as_the_identity_and_acts_on_every_batch_norm():
   generator = sngan.Generator(resolution=16, z_dim=9, embedding_dim=8, width=4,
                               channel_multipliers=(2, 1, 1))
   z = jax.random.normal(jax.random.key(0), (3, 9))
-  cond = jnp.zeros((3, 1))
-  g_vars = generator.init(jax.random.key(1), z, cond)
+  embedding = jnp.zeros((3, 8))  # The network's conditional input G_emb(cond).
+  g_vars = generator.init(jax.random.key(1), z, embedding)
   layers = bsa.statistics_layers(functools.partial(generator.apply, train=False), g_vars, z,
-                                 cond)
+                                 embedding)
   assert sorted(layers) == [("block0", "cbn1"), ("block0", "cbn2"), ("block1", "cbn1"),
                             ("block1", "cbn2"), ("bn_out",)]
   assert layers[("block0", "cbn1")] == 8 and layers[("bn_out",)] == 4
-  plain = generator.apply(g_vars, z, cond, train=False)
+  plain = generator.apply(g_vars, z, embedding, train=False)
   adaptation = bsa.init_adaptation(layers)
   with bsa.adapted(adaptation):
-    np.testing.assert_array_equal(generator.apply(g_vars, z, cond, train=False), plain)
+    np.testing.assert_array_equal(generator.apply(g_vars, z, embedding, train=False), plain)
   # A shift of bn_out alone equals adding it to bn_out's own bias (a batch norm's affine).
   shift = jnp.linspace(-0.5, 0.5, 4)
   adaptation["bn_out"]["shift"] = shift
   shifted_vars = jax.tree.map(lambda x: x, g_vars)
   shifted_vars["params"]["bn_out"]["bias"] = g_vars["params"]["bn_out"]["bias"] + shift
   with bsa.adapted(adaptation):
-    adapted = generator.apply(g_vars, z, cond, train=False)
-  np.testing.assert_allclose(adapted, generator.apply(shifted_vars, z, cond, train=False),
+    adapted = generator.apply(g_vars, z, embedding, train=False)
+  np.testing.assert_allclose(adapted, generator.apply(shifted_vars, z, embedding, train=False),
                              atol=1e-6)
   assert not np.allclose(adapted, plain)
 

@@ -1,13 +1,20 @@
 """DIP at inference: embedding samplers, edits, inversion and sample grids (tiny G)."""
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from gantransfer_jax import dip
+from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.models import sngan
+from gantransfer_jax.transfer import condition
+from gantransfer_jax.transfer import wrapper
 
 PRIOR_DIM, NUM_PRIORS, BATCH = 10, 12, 4
 
@@ -16,16 +23,33 @@ def _key(seed: int) -> jax.Array:
   return jax.random.key(seed)
 
 
+class Tiny(NamedTuple):
+  generator: sngan.Generator
+  g_vars: dict         # What the network sees: its params (G_emb taken out) and state.
+  embed: dip.Embed     # G_emb, the condition transform's.
+  priors: np.ndarray
+  gan: gan_lib.Gan     # The networks behind their condition transforms.
+  g_params: dict       # G's params with G_emb.
+  g_state: dict
+
+
 @pytest.fixture(scope="module")
 def tiny():
-  """(generator, g_vars, training priors): 16 x 16, two blocks, 8-d embeddings."""
+  """A conditional SNGAN G: 16 x 16, two blocks, 8-d embeddings, as `sample` runs it."""
   generator = sngan.Generator(resolution=16, z_dim=9, embedding_dim=8, width=4,
                               channel_multipliers=(2, 1, 1))
+  discriminator = sngan.ProjectionDiscriminator(resolution=16, width=4,
+                                                channel_multipliers=(1, 1, 2))
+  family_gan = gan_lib.SNGan(generator, discriminator,
+                             ml_collections.ConfigDict({"resolution": 16}), cond_dim=PRIOR_DIM)
+  gan = wrapper.TransferGan.wrap(family_gan, condition.from_family(family_gan))
   priors = np.asarray(jax.random.normal(_key(0), (NUM_PRIORS, PRIOR_DIM)))
   # 'rbg' keys make initialising the many small layers cheap (see test_sngan).
-  g_vars = jax.jit(generator.init)(jax.random.key(1, impl="rbg"), jnp.zeros((1, 9)),
-                                   priors[:1])
-  return generator, g_vars, priors
+  g_vars, _ = jax.jit(gan.init)(jax.random.key(1, impl="rbg"))
+  g_params, g_state = gan_lib.split_variables(g_vars)
+  network_vars = gan_lib.variables(gan.network_params(gan_lib.GENERATOR, g_params), g_state)
+  return Tiny(generator, network_vars, dip.embedder(gan, g_params, g_state), priors, gan,
+              g_params, g_state)
 
 
 def _sorted_rows(x) -> np.ndarray:
@@ -34,16 +58,15 @@ def _sorted_rows(x) -> np.ndarray:
 
 
 def test_embed_priors_is_g_emb(tiny):
-  generator, g_vars, priors = tiny
-  embeddings = dip.embed_priors(generator, g_vars, priors, batch_size=5)  # 3 batches.
-  params = g_vars["params"]["g_emb"]
+  priors = tiny.priors
+  embeddings = dip.embed_priors(tiny.embed, priors, batch_size=5)  # 3 batches.
+  params = tiny.g_params["g_emb"]
   np.testing.assert_allclose(embeddings, priors @ params["kernel"] + params["bias"],
                              rtol=1e-5, atol=1e-5)
 
 
 def test_samplers_shapes_and_keys(tiny):
-  generator, g_vars, priors = tiny
-  embeddings = dip.embed_priors(generator, g_vars, priors)
+  embeddings = dip.embed_priors(tiny.embed, tiny.priors)
   centroids, weights = dip.fit_kmeans(_key(0), embeddings, 3)
   gmm = dip.fit_gmm(_key(1), embeddings, 2, covariance_type="diag")
   samplers = {
@@ -66,24 +89,24 @@ def test_samplers_shapes_and_keys(tiny):
 
 
 def test_interpolation_endpoints_reproduce_the_priors(tiny):
-  generator, g_vars, priors = tiny
+  generator, g_vars, embed, priors = tiny.generator, tiny.g_vars, tiny.embed, tiny.priors
   p1, p2 = priors[:BATCH], priors[BATCH:2 * BATCH]
-  e1, e2 = dip.embed_priors(generator, g_vars, p1), dip.embed_priors(generator, g_vars, p2)
+  e1, e2 = dip.embed_priors(embed, p1), dip.embed_priors(embed, p2)
   z = dip.sample_z(_key(0), BATCH, generator)
-  from_prior = jax.jit(generator.apply)
+  from_prior = jax.jit(functools.partial(tiny.gan.sample, key=None))
   for lam, prior in ((1.0, p1), (0.0, p2)):
     fakes = dip.generate(generator, g_vars, z, dip.interpolate(e1, e2, lam))
-    np.testing.assert_allclose(fakes, from_prior(g_vars, z, prior), atol=1e-6)
+    np.testing.assert_allclose(fakes, from_prior(tiny.g_params, tiny.g_state, z, prior),
+                               atol=1e-6)
   # Mixing priors or their embeddings is the same (G_emb is affine, weights sum to 1).
   lam = jnp.linspace(0.1, 0.9, BATCH)
   np.testing.assert_allclose(
-      dip.embed_priors(generator, g_vars, dip.interpolate(p1, p2, lam)),
+      dip.embed_priors(embed, dip.interpolate(p1, p2, lam)),
       dip.interpolate(e1, e2, lam), rtol=1e-5, atol=1e-5)
 
 
 def test_kmeans_with_one_cluster_per_point_gives_back_the_points(tiny):
-  generator, g_vars, priors = tiny
-  embeddings = np.asarray(dip.embed_priors(generator, g_vars, priors))
+  embeddings = np.asarray(dip.embed_priors(tiny.embed, tiny.priors))
   centroids, weights = dip.fit_kmeans(_key(0), embeddings, NUM_PRIORS)
   np.testing.assert_allclose(_sorted_rows(centroids), _sorted_rows(embeddings), atol=1e-6)
   np.testing.assert_allclose(weights, np.full(NUM_PRIORS, 1 / NUM_PRIORS), rtol=1e-6)
@@ -156,8 +179,8 @@ def test_edits_do_what_they_say(tmp_path):
 
 
 def test_inversion_reduces_the_reconstruction_error(tiny):
-  generator, g_vars, priors = tiny
-  embedding = dip.embed_priors(generator, g_vars, priors[:BATCH])
+  generator, g_vars = tiny.generator, tiny.g_vars
+  embedding = dip.embed_priors(tiny.embed, tiny.priors[:BATCH])
   # The query is G's own image at a z that inversion does not start from.
   query = dip.generate(generator, g_vars, dip.sample_z(_key(0), BATCH, generator), embedding)
   steps = 60
@@ -174,8 +197,8 @@ def test_inversion_reduces_the_reconstruction_error(tiny):
 
 
 def test_write_sample_grids_writes_pngs(tiny, tmp_path):
-  generator, g_vars, priors = tiny
-  paths = dip.write_sample_grids(generator, g_vars, priors, str(tmp_path), _key(0),
+  generator, g_vars, embed, priors = tiny.generator, tiny.g_vars, tiny.embed, tiny.priors
+  paths = dip.write_sample_grids(generator, g_vars, embed, priors, str(tmp_path), _key(0),
                                  num=BATCH, interpolation_rows=2, interpolation_steps=2)
   assert set(paths) == {"priors", "interpolation", "kmeans", "gmm"}
   for mode, path in paths.items():
@@ -186,5 +209,5 @@ def test_write_sample_grids_writes_pngs(tiny, tmp_path):
       pixels = np.asarray(image)
     assert pixels.std() > 0, mode
   with pytest.raises(ValueError, match="unknown sample modes"):
-    dip.write_sample_grids(generator, g_vars, priors, str(tmp_path), _key(0),
+    dip.write_sample_grids(generator, g_vars, embed, priors, str(tmp_path), _key(0),
                            modes=("bogus",))

@@ -1,17 +1,23 @@
-"""DIP's SNGAN/BigGAN-style generator and projection discriminator (tiny widths)."""
+"""DIP's SNGAN/BigGAN-style generator and projection discriminator (tiny widths), with
+their condition embeddings G_emb and D_emb (`transfer.condition`)."""
 
 import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
 
+from gantransfer_jax.models import gan as gan_lib
 from gantransfer_jax.models import sngan
+from gantransfer_jax.transfer import condition
+from gantransfer_jax.transfer import wrapper
 
 PRIOR_DIM = 10
+G, D = gan_lib.GENERATOR, gan_lib.DISCRIMINATOR
 
 
 def _tiny_generator(resolution: int, **kwargs) -> sngan.Generator:
@@ -24,6 +30,13 @@ def _tiny_discriminator(resolution: int) -> sngan.ProjectionDiscriminator:
   blocks = sngan.num_upsamplings(resolution) + 1
   return sngan.ProjectionDiscriminator(resolution=resolution, width=4,
                                        channel_multipliers=(1,) * (blocks - 1) + (2,))
+
+
+def _gan(generator, discriminator, cond_dim: int = PRIOR_DIM) -> wrapper.TransferGan:
+  """The networks behind their condition embeddings, as `builder.build_gan` puts them."""
+  config = ml_collections.ConfigDict({"resolution": generator.resolution})
+  family_gan = gan_lib.SNGan(generator, discriminator, config, cond_dim=cond_dim)
+  return wrapper.TransferGan.wrap(family_gan, condition.from_family(family_gan))
 
 
 def _normal(seed: int, shape) -> jax.Array:
@@ -39,15 +52,20 @@ def _init_key(seed: int) -> jax.Array:
 def test_shapes_at_32_and_64():
   for resolution in (32, 64):
     generator, discriminator = _tiny_generator(resolution), _tiny_discriminator(resolution)
+    gan = _gan(generator, discriminator)
     z, prior = jnp.zeros((2, generator.z_dim)), jnp.zeros((2, PRIOR_DIM))
-    g_vars = jax.eval_shape(generator.init, _init_key(0), z, prior)
-    images = jax.eval_shape(generator.apply, g_vars, z, prior)
+    g_vars, d_vars = jax.eval_shape(gan.init, _init_key(0))
+    g_params, g_state = gan_lib.split_variables(g_vars)
+    d_params, d_state = gan_lib.split_variables(d_vars)
+    images = jax.eval_shape(gan.sample, g_params, g_state, z, prior, None)
     assert images.shape == (2, resolution, resolution, 3)
-    d_vars = jax.eval_shape(discriminator.init, _init_key(0), images, prior)
-    assert jax.eval_shape(discriminator.apply, d_vars, images, prior).shape == (2,)
-    features = jax.eval_shape(functools.partial(discriminator.apply, method="features"),
-                              d_vars, images)
+    logits, _ = jax.eval_shape(gan.discriminate, d_params, d_state, images, prior)
+    assert logits.shape == (2,)
+    features = jax.eval_shape(
+        functools.partial(discriminator.apply, method="features"),
+        gan_lib.variables(gan.network_params(D, d_params), d_state), images)
     assert features.shape == (2, 4 * 2)  # width * the last multiplier.
+    assert discriminator.feature_dim == 4 * 2
 
 
 def test_train_step_under_jit():
@@ -55,14 +73,14 @@ def test_train_step_under_jit():
   # The same latents under two different priors, in one batch.
   z = jnp.tile(_normal(0, (2, generator.z_dim)), (2, 1))
   prior = _normal(1, (4, PRIOR_DIM))
-  g_vars = generator.init(_init_key(2), z, prior)
-  d_vars = discriminator.init(_init_key(3), jnp.zeros((4, 32, 32, 3)), prior)
+  gan = _gan(generator, discriminator)
+  g_vars, d_vars = gan.init(_init_key(2))
 
   @jax.jit
   def train_step(g_vars, d_vars):
-    fakes, g_updates = generator.apply(g_vars, z, prior, train=True, mutable=["batch_stats"])
-    scores, d_updates = discriminator.apply(d_vars, fakes[:2], prior[:2], train=True,
-                                            mutable=["batch_stats"])
+    fakes, g_updates = gan.generate(*gan_lib.split_variables(g_vars), z, prior, None)
+    scores, d_updates = gan.discriminate(*gan_lib.split_variables(d_vars), fakes[:2],
+                                         prior[:2])
     return fakes, scores, g_updates, d_updates
 
   fakes, scores, g_updates, d_updates = train_step(g_vars, d_vars)
@@ -74,17 +92,17 @@ def test_train_step_under_jit():
                          g_vars["batch_stats"]["bn_out"]["mean"])
   assert not np.allclose(d_updates["batch_stats"]["d_l"]["sn"]["dense/kernel/u"],
                          d_vars["batch_stats"]["d_l"]["sn"]["dense/kernel/u"])
+  # D_emb's too: its state is D's, where the network held it before the transforms.
+  assert not np.allclose(d_updates["batch_stats"]["d_emb"]["sn"]["dense/kernel/u"],
+                         d_vars["batch_stats"]["d_emb"]["sn"]["dense/kernel/u"])
   # The prior steers the image through conditional batch norm.
   assert not np.allclose(fakes[:2], fakes[2:], atol=1e-4)
 
 
 def test_default_widths_match_sngan_128():
-  generator = sngan.Generator(resolution=128)
-  discriminator = sngan.ProjectionDiscriminator(resolution=128)
-  z, prior = jnp.zeros((1, 120)), jnp.zeros((1, 1280))
-  g_shapes = jax.eval_shape(generator.init, jax.random.key(0), z, prior)
-  d_shapes = jax.eval_shape(discriminator.init, jax.random.key(0),
-                            jnp.zeros((1, 128, 128, 3)), prior)
+  gan = _gan(sngan.Generator(resolution=128), sngan.ProjectionDiscriminator(resolution=128),
+             cond_dim=1280)
+  g_shapes, d_shapes = jax.eval_shape(gan.init, jax.random.key(0))
   g_flat = traverse_util.flatten_dict(g_shapes["params"], sep="/")
   d_flat = traverse_util.flatten_dict(d_shapes["params"], sep="/")
   assert g_flat["g_emb/kernel"].shape == (1280, 128)
@@ -115,26 +133,30 @@ def test_projection_discriminator_is_the_formula():
   iteration finds, so spectral normalisation leaves them as given.
   """
   discriminator = _tiny_discriminator(32)
+  gan = _gan(_tiny_generator(32), discriminator)
   images = _normal(0, (3, 32, 32, 3))
   prior = np.asarray(_normal(1, (3, PRIOR_DIM)))
-  variables = discriminator.init(_init_key(2), images, prior)
+  _, variables = gan.init(_init_key(2))
   params = traverse_util.flatten_dict(jax.device_get(variables["params"]), sep="/")
   feature_dim = params["d_l/dense/kernel"].shape[0]
   a, b, w = _unit(0, PRIOR_DIM), _unit(1, feature_dim), _unit(2, feature_dim)
   params["d_emb/dense/kernel"] = np.outer(a, b)
   params["d_l/dense/kernel"] = w[:, None]
   params["d_l/dense/bias"] = np.array([0.25], np.float32)
-  variables = {**variables, "params": traverse_util.unflatten_dict(params, sep="/")}
+  d_params = traverse_util.unflatten_dict(params, sep="/")
+  d_state = {"batch_stats": variables["batch_stats"]}
+  network_vars = gan_lib.variables(gan.network_params(D, d_params), d_state)
 
-  features = np.asarray(discriminator.apply(variables, images, method="features"))
+  features = np.asarray(discriminator.apply(network_vars, images, method="features"))
   expected = (prior @ a) * (features @ b) + features @ w + 0.25
-  scores = discriminator.apply(variables, images, prior)
+  scores, _ = gan.discriminate(d_params, d_state, images, prior)
   np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
-  # The same through the module's own pieces, at any parameters.
+  # The same through the pieces, at any parameters: D_emb (the condition transform's)
+  # and the network's own.
+  embedding = gan.embed_condition(D, d_params, d_state, prior)
   pieces = discriminator.apply(
-      variables, images, prior,
-      method=lambda d, x, y: jnp.sum(d.embed(y) * d.features(x), -1)
-      + d.unconditional(d.features(x)))
+      network_vars, images, embedding,
+      method=lambda d, x, e: jnp.sum(e * d.features(x), -1) + d.unconditional(d.features(x)))
   np.testing.assert_allclose(scores, pieces, rtol=1e-5, atol=1e-5)
 
 

@@ -5,6 +5,8 @@ Tiny 8-16 px StyleGAN2s; the end-to-end test finetunes a Primitives-PS 'tiny'
 checkpoint on ORL faces with MobileNetV2 priors.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,27 +27,40 @@ from tests.weights_markers import needs_inception, needs_mobilenet
 
 
 COND_DIM, EMBEDDING_DIM, BATCH = 6, 8, 4
-TINY = dict(resolution=8, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128,
-            channel_max=32)
+G, D = gan_lib.GENERATOR, gan_lib.DISCRIMINATOR
 
 
 def _key(seed):
   return jax.random.key(seed)
 
 
-def _init(module, *args):
-  # Non-partitionable threefry compiles faster on CPU (see test_stylegan2).
-  with jax.threefry_partitionable(False):
-    return jax.jit(module.init)({"params": _key(1), "noise": _key(2)}, *args)
+class Tiny(NamedTuple):
+  gan: gan_lib.Gan   # A conditional 8 x 8 StyleGAN2 behind its G_emb and D_emb.
+  params: dict       # G's, G_emb included.
+  state: dict
+  d_params: dict     # D's, D_emb included.
+  z: jax.Array
+  cond: jax.Array
+
+  @property
+  def variables(self):
+    """What G's network sees: its params without G_emb, and its state."""
+    return gan_lib.variables(self.gan.network_params(G, self.params), self.state)
+
+  def embed(self, cond):
+    return self.gan.embed_condition(G, self.params, self.state, cond)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-  """(generator, variables, z, cond): a conditional 8 x 8 StyleGAN2 G."""
-  generator = stylegan2.Generator(**TINY, cond_dim=COND_DIM, embedding_dim=EMBEDDING_DIM)
-  z = jax.random.normal(_key(3), (BATCH, generator.z_dim))
+  gan = builder.build_gan(_tiny_config(num_classes=COND_DIM))
+  # Non-partitionable threefry compiles faster on CPU (see test_stylegan2).
+  with jax.threefry_partitionable(False):
+    g_vars, d_vars = jax.jit(gan.init)(_key(1))
+  params, state = gan_lib.split_variables(g_vars)
+  z = jax.random.normal(_key(3), (BATCH, gan.z_dim))
   cond = jax.random.uniform(_key(4), (BATCH, COND_DIM))
-  return generator, _init(generator, z, cond), z, cond
+  return Tiny(gan, params, state, d_vars["params"], z, cond)
 
 
 def _normalized(x):
@@ -53,18 +68,18 @@ def _normalized(x):
 
 
 def test_g_emb_is_a_two_layer_relu_mlp_feeding_the_mapping(tiny):
-  generator, variables, z, cond = tiny
-  params = variables["params"]
+  generator, variables, z, cond = tiny.gan.generator, tiny.variables, tiny.z, tiny.cond
+  params = tiny.params
   emb = params["g_emb"]
   # Equalized lr: weights scaled by 1/sqrt(fan-in); ReLU with StyleGAN2's sqrt(2) gain.
   hidden = np.sqrt(2) * np.maximum(
       cond @ emb["fc0"]["weight"] / np.sqrt(COND_DIM) + emb["fc0"]["bias"], 0)
   expected = hidden @ emb["fc1"]["weight"] / np.sqrt(EMBEDDING_DIM) + emb["fc1"]["bias"]
-  embedding = generator.apply(variables, cond, method="embed")
+  embedding = tiny.embed(cond)
   np.testing.assert_allclose(embedding, expected, rtol=1e-5, atol=1e-5)
 
   # fc0 of the mapping sees [normalised z, normalised G_emb(cond)].
-  _, captured = generator.apply(variables, z, cond, method="map",
+  _, captured = generator.apply(variables, z, embedding, method="map",
                                 capture_intermediates=True)
   fc0_out = captured["intermediates"]["mapping"]["fc0"]["__call__"][0]
   fc0 = params["mapping"]["fc0"]
@@ -77,38 +92,46 @@ def test_g_emb_is_a_two_layer_relu_mlp_feeding_the_mapping(tiny):
 
 
 def test_embedding_inputs_equal_the_condition_and_act_per_w(tiny):
-  generator, variables, z, cond = tiny
-  embedding = generator.apply(variables, cond, method="embed")
-  ws = generator.apply(variables, z, cond, method="map")
-  np.testing.assert_allclose(generator.apply(variables, z, embedding=embedding, method="map"),
-                             ws, rtol=1e-6)
+  gan, variables, z, cond = tiny.gan, tiny.variables, tiny.z, tiny.cond
+  generator = gan.generator
+  embedding = tiny.embed(cond)
+  # The condition's samples are its embedding's.
+  psi = gan.config.stylegan2.truncation_psi
+  np.testing.assert_allclose(
+      gan.sample(tiny.params, tiny.state, z, cond, _key(5)),
+      generator.apply(variables, z, embedding, truncation_psi=psi, rngs={"noise": _key(5)}),
+      rtol=1e-6)
+  ws = generator.apply(variables, z, embedding, method="map")
   per_w = jnp.broadcast_to(embedding, (generator.num_blocks,) + embedding.shape)
   np.testing.assert_allclose(generator.apply(variables, z, embedding=per_w, method="map"),
                              ws, rtol=1e-5, atol=1e-6)
   # Another embedding for w 1 only changes w 1.
-  other = per_w.at[1].set(generator.apply(variables, cond[::-1], method="embed"))
+  other = per_w.at[1].set(tiny.embed(cond[::-1]))
   changed = np.asarray(generator.apply(variables, z, embedding=other, method="map"))
   moved = np.abs(changed - np.asarray(ws)).max(axis=(0, 2))
   assert moved[1] > 1e-3 and np.all(np.delete(moved, 1) < 1e-6), moved
   # The condition changes the images; wrong inputs are errors.
-  images = generator.apply(variables, z, cond, noise_mode="none")
-  flipped = generator.apply(variables, z, cond[::-1], noise_mode="none")
+  images = gan.sample(tiny.params, tiny.state, z, cond, _key(5))
+  flipped = gan.sample(tiny.params, tiny.state, z, cond[::-1], _key(5))
   assert np.abs(np.asarray(images) - np.asarray(flipped)).max() > 1e-3
-  with pytest.raises(ValueError, match="exactly one of cond and embedding"):
-    generator.apply(variables, z, noise_mode="none")
   with pytest.raises(ValueError, match="expected cond of shape"):
-    generator.apply(variables, z, cond[:, :3], noise_mode="none")
+    gan.sample(tiny.params, tiny.state, z, None, _key(5))
+  with pytest.raises(ValueError, match="expected cond of shape"):
+    gan.sample(tiny.params, tiny.state, z, cond[:, :3], _key(5))
+  with pytest.raises(ValueError, match="takes the embedding"):
+    generator.apply(variables, z, noise_mode="none")
 
 
-def test_projection_discriminator_equals_the_formula():
-  d = stylegan2.Discriminator(resolution=8, channel_base=128, channel_max=32,
-                              mbstd_group_size=2, cond_dim=COND_DIM)
+def test_projection_discriminator_equals_the_formula(tiny):
+  gan, d_params = tiny.gan, tiny.d_params
   images = jax.random.normal(_key(0), (BATCH, 8, 8, 3))
   cond = jax.random.uniform(_key(1), (BATCH, COND_DIM))
-  variables = _init(d, images, cond)
-  logits, captured = d.apply(variables, images, cond, capture_intermediates=True)
+  logits, _ = gan.discriminate(d_params, {}, images, cond)
+  _, captured = gan.discriminator.apply({"params": gan.network_params(D, d_params)}, images,
+                                        gan.embed_condition(D, d_params, {}, cond),
+                                        capture_intermediates=True)
   features = np.asarray(captured["intermediates"]["b4"]["fc"]["__call__"][0])
-  params = variables["params"]
+  params = d_params
   assert set(params["d_emb"]) == {"weight"}  # Linear, no bias (paper: a matrix).
   d_emb = cond @ params["d_emb"]["weight"] / np.sqrt(COND_DIM)
   channels = features.shape[1]
@@ -120,7 +143,7 @@ def test_projection_discriminator_equals_the_formula():
   np.testing.assert_allclose(logits, unconditional.apply(rest, images) + projection,
                              rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="expected cond of shape"):
-    d.apply(variables, images)
+    gan.discriminate(d_params, {}, images, None)
 
 
 def _tiny_config(**overrides):
@@ -180,18 +203,19 @@ def test_transfer_from_an_unconditional_source_starts_as_the_source():
 
 
 def test_inference_tools_serve_the_stylegan2_generator(tiny, tmp_path):
-  generator, variables, _, _ = tiny
+  generator, variables = tiny.gan.generator, tiny.variables
+  embed = dip.embedder(tiny.gan, tiny.params, tiny.state)
   priors = np.asarray(jax.random.uniform(_key(5), (10, COND_DIM)))
-  embeddings = dip.embed_priors(generator, variables, priors)
+  embeddings = dip.embed_priors(embed, priors)
   assert embeddings.shape == (10, EMBEDDING_DIM)
   z = dip.sample_z(_key(6), BATCH, generator)
   # eq. 5's endpoints: lambda = 1 and 0 give the two priors' images.
   p1, p2 = priors[:BATCH], priors[BATCH:2 * BATCH]
   for lam, endpoint in ((1.0, p1), (0.0, p2)):
-    mixed = dip.embed_priors(generator, variables, dip.interpolate(p1, p2, lam))
+    mixed = dip.embed_priors(embed, dip.interpolate(p1, p2, lam))
     np.testing.assert_allclose(
         dip.generate(generator, variables, z, mixed),
-        dip.generate(generator, variables, z, dip.embed_priors(generator, variables, endpoint)),
+        dip.generate(generator, variables, z, dip.embed_priors(embed, endpoint)),
         rtol=1e-5, atol=1e-5)
 
   query = dip.generate(generator, variables, dip.sample_z(_key(7), BATCH, generator),
@@ -202,7 +226,7 @@ def test_inference_tools_serve_the_stylegan2_generator(tiny, tmp_path):
   final = dip.reconstruction_error(generator, variables, z_fit, per_w, query)
   assert float(final.mean()) < 0.5 * float(errors[0]), (errors, final)
 
-  paths = dip.write_sample_grids(generator, variables, priors, str(tmp_path), _key(9),
+  paths = dip.write_sample_grids(generator, variables, embed, priors, str(tmp_path), _key(9),
                                  num=BATCH, interpolation_rows=2, interpolation_steps=2)
   assert set(paths) == set(dip.SAMPLE_MODES)
 

@@ -3,6 +3,7 @@ AdaFM / FS modulation on any family with convolutions, through `config.transfer`
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -297,8 +298,9 @@ def _embedding(prior_dim, value):
 
 
 def test_a_condition_embedding_starts_from_the_source_leaf_by_leaf():
-  g_emb = condition.Condition(gan_lib.ConditionSite(G, "g_emb"))
-  d_emb = condition.Condition(gan_lib.ConditionSite(D, "d_emb", zero_when_new=True))
+  g_emb = condition.Condition(gan_lib.ConditionSite(G, "g_emb", nn.Dense(4), 5, 4))
+  d_emb = condition.Condition(gan_lib.ConditionSite(D, "d_emb", nn.Dense(4), 5, 4,
+                                                    zero_when_new=True))
   body = {"kernel": np.full((2, 2), 3.0, np.float32)}
   fresh = {"body": np.zeros((2, 2)), "g_emb": _embedding(5, 1.0), "d_emb": _embedding(5, 1.0)}
   for transform in (g_emb, d_emb):
@@ -316,6 +318,33 @@ def test_a_condition_embedding_starts_from_the_source_leaf_by_leaf():
                fresh["g_emb"])
   jax.tree.map(np.testing.assert_array_equal, d_emb.transfer(fresh, {"body": body})["d_emb"],
                jax.tree.map(np.zeros_like, fresh["d_emb"]))
+
+
+class _HoldsItsEmbedding(nn.Module):
+  """A network holding its condition embedding, as the networks did before the transform."""
+
+  @nn.compact
+  def __call__(self, x, cond):
+    return nn.Dense(3, name="body")(x) + nn.Dense(4, name="g_emb")(cond).sum()
+
+
+def test_a_condition_embedding_is_initialised_as_inside_its_network():
+  # Checkpoints written when the networks held G_emb load as they are: same place,
+  # same values from the same key.
+  key = jax.random.key(7)
+  held = _HoldsItsEmbedding().init(key, jnp.zeros((1, 2)), jnp.zeros((1, 5)))
+  transform = condition.Condition(gan_lib.ConditionSite(G, "g_emb", nn.Dense(4), 5, 4))
+  added = transform.init({"params": {"body": held["params"]["body"]}}, {"params": key})
+  assert set(added) == {"params"} and set(added["params"]) == {"g_emb"}
+  jax.tree.map(np.testing.assert_array_equal, added["params"]["g_emb"],
+               held["params"]["g_emb"])
+  # It runs in `condition` and leaves what the network sees.
+  params = {**held["params"], **added["params"]}
+  cond = jnp.ones((2, 5))
+  embedding, state = transform.condition(params, {}, cond, 2, train=True)
+  np.testing.assert_allclose(embedding, cond @ params["g_emb"]["kernel"]
+                             + params["g_emb"]["bias"], rtol=1e-6)
+  assert state == {} and set(transform.apply(params)) == {"body"}
 
 
 def test_conditional_families_get_their_condition_transforms_first():
@@ -346,9 +375,9 @@ class ToyGain(base.Identity):
   network: str = D
   adds: tuple[str, ...] = ("toy_gain",)
 
-  def init(self, params):
-    del params
-    return {"toy_gain": jnp.ones(())}
+  def init(self, variables, rngs):
+    del variables, rngs
+    return {"params": {"toy_gain": jnp.ones(())}}
 
   def apply(self, params):
     rest = {name: value for name, value in params.items() if name != "toy_gain"}

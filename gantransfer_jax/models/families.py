@@ -192,12 +192,12 @@ def _build_stylegan2(config: Config) -> gan_lib.Gan:
   generator = stylegan2.Generator(
       resolution=config.resolution, z_dim=cfg.z_dim, w_dim=cfg.w_dim,
       mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
-      channel_max=cfg.channel_max, conv_clamp=conv_clamp, cond_dim=cond_dim,
+      channel_max=cfg.channel_max, conv_clamp=conv_clamp, conditional=bool(cond_dim),
       embedding_dim=embedding_dim, remat="synthesis" in remat, **precision)
   discriminator = stylegan2.Discriminator(
       resolution=config.resolution, channel_base=cfg.channel_base,
       channel_max=cfg.channel_max, mbstd_group_size=cfg.mbstd_group_size,
-      conv_clamp=conv_clamp, cond_dim=cond_dim, remat="discriminator" in remat,
+      conv_clamp=conv_clamp, conditional=bool(cond_dim), remat="discriminator" in remat,
       **precision)
   return gan_lib.StyleGAN2Gan(generator, discriminator, config, cond_dim=cond_dim)
 

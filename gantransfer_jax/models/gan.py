@@ -21,9 +21,10 @@ Conditioning: `cond` is None for unconditional models and a float [B, cond_dim] 
 conditional `sngan` and `stylegan2` ones: a data instance prior C(x) (DIP) or a one-hot
 class label (conditional CIFAR track). An unconditional `sngan` (cond_dim 0) sees a
 constant zero condition, which makes its projection term vanish: the plain SNGAN
-baseline of paper 003. The condition embeddings G_emb and D_emb are layers of the
-networks; `condition_sites` names them for `transfer.condition`, which says how a
-finetune starts them.
+baseline of paper 003. The networks take the condition's embeddings, G_emb(cond) and
+D_emb(cond); `condition_sites` names the embedding modules, which `transfer.condition`
+holds and runs, so the forward passes below see embeddings where a family has sites
+(`builder.build_gan` always puts such a family behind them).
 
 `models.families` builds each family's `Gan` and says what the family supports.
 """
@@ -79,16 +80,30 @@ class ModulationSite:
 
 @dataclasses.dataclass(frozen=True)
 class ConditionSite:
-  """A condition embedding of one network (`transfer.condition`): DIP's G_emb or D_emb.
+  """A condition embedding of one network, DIP's G_emb or D_emb: the module that maps
+  the condition to what the network takes beside z or the images (`transfer.condition`
+  holds and runs it).
 
   Attributes:
     network: `GENERATOR` or `DISCRIMINATOR`.
-    name: its top-level entry in the network's params (`G_EMBEDDING`, `D_EMBEDDING`).
+    name: its variables' top-level name in the network's (`G_EMBEDDING`, `D_EMBEDDING`).
+    module: the flax module, condition [B, cond_dim] -> embedding [B, features]
+      (called with `train` too when `takes_train`).
+    cond_dim: the condition's width.
+    features: the embedding's width.
+    takes_train: its call takes `train` (a spectral norm's power iteration).
+    required: a batch without a condition is an error; else a zero condition stands in
+      (an unconditional SNGAN embeds a constant).
     zero_when_new: how a finetune from a source without it starts it: at zero (a
       projection term, so that D starts as the source's) or else as freshly initialised.
   """
   network: str
   name: str
+  module: Any
+  cond_dim: int
+  features: int
+  takes_train: bool = False
+  required: bool = True
   zero_when_new: bool = False
 
 
@@ -103,8 +118,8 @@ def split_variables(all_variables: dict[str, Any]) -> tuple[Params, State]:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Gan:
-  """Base: a pair whose generator is `G(z)` and discriminator `D(x)`, or `G(z, cond)`
-  and `D(x, cond)` when `cond_dim` > 0.
+  """Base: a pair whose generator is `G(z)` and discriminator `D(x)`, or `G(z, e)` and
+  `D(x, e)` with the condition's embeddings e (see the module docstring).
 
   Subclasses override what differs. Every method is pure and traceable.
   """
@@ -124,14 +139,26 @@ class Gan:
 
   # ---- Initialisation and transfer ----
 
-  def init(self, key: Array) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(generator variables, discriminator variables) for a fresh model."""
+  def init_rngs(self, key: Array) -> dict[str, dict[str, Array]]:
+    """{network: its init's rngs}: the transforms' `init` draws from them too, so that
+    what they add starts as it would inside the network."""
     k_g, k_noise, k_d = jax.random.split(key, 3)
+    return {GENERATOR: {"params": k_g, "noise": k_noise}, DISCRIMINATOR: {"params": k_d}}
+
+  def condition_placeholders(self, network: str, batch: int) -> tuple[Array, ...]:
+    """Zero embeddings for `network`'s condition sites (what its init traces with)."""
+    return tuple(jnp.zeros((batch, site.features), jnp.float32)
+                 for site in self.condition_sites() if site.network == network)
+
+  def init(self, key: Array) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(generator variables, discriminator variables) of the networks (the condition
+    embeddings are the transforms': `transfer.wrapper.TransferGan.init`)."""
+    rngs = self.init_rngs(key)
     z = jnp.zeros((1, self.z_dim), jnp.float32)
     images = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
-    cond = (jnp.zeros((1, self.cond_dim), jnp.float32),) if self.cond_dim else ()
-    return (self.generator.init({"params": k_g, "noise": k_noise}, z, *cond),
-            self.discriminator.init(k_d, images, *cond))
+    return (self.generator.init(rngs[GENERATOR], z, *self.condition_placeholders(GENERATOR, 1)),
+            self.discriminator.init(rngs[DISCRIMINATOR], images,
+                                    *self.condition_placeholders(DISCRIMINATOR, 1)))
 
   def transfer(self, fresh: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
     """The train-state fields a finetune starts from.
@@ -164,7 +191,9 @@ class Gan:
     return None
 
   def condition_sites(self) -> list[ConditionSite]:
-    """The condition embeddings its networks hold (`transfer.condition`; []: none)."""
+    """The condition embeddings its networks take (`transfer.condition`; []: none). With
+    any, `cond` in the forward passes below is their output, not the condition:
+    `builder.build_gan` puts the family behind them."""
     return []
 
   def config_transforms(self) -> list[ConfigTransform]:
@@ -196,6 +225,13 @@ class Gan:
     del network
     return params
 
+  def embed_condition(self, network: str, params: Params, state: State,
+                      cond: Array) -> Array:
+    """What `network` takes for the condition `cond` in inference mode: DIP's
+    G_emb(prior) (`transfer.condition`); the condition itself without an embedding."""
+    del network, params, state
+    return cond
+
   # ---- Forward passes ----
 
   def generate(self, g_params: Params, g_state: State, z: Array, cond: Array | None,
@@ -221,22 +257,29 @@ class StyleGAN2Gan(Gan):
   """StyleGAN2: style mixing and the w_avg update while training; truncation at sampling.
 
   With `cond_dim` > 0 it is DIP's StyleGAN2 variant (`models.stylegan2`): G's mapping
-  and D's projection term take the condition; style mixing keeps each sample's
-  condition for its second latent, as StyleGAN2-ADA's conditional loss does.
+  and D's projection term take the condition's embeddings; style mixing keeps each
+  sample's embedding for its second latent, as StyleGAN2-ADA's conditional loss does.
   """
 
   def _cond(self, cond: Array | None) -> Array | None:
     if self.cond_dim and cond is None:
-      raise ValueError("this StyleGAN2 is conditional (dip.prior or num_classes): pass cond")
+      raise ValueError("this StyleGAN2 is conditional (dip.prior or num_classes): pass the "
+                       "condition's embedding (a TransferGan computes it from cond)")
     return cond if self.cond_dim else None
 
   def condition_sites(self) -> list[ConditionSite]:
     """G_emb and D_emb of the DIP variant; a source without them starts D_emb at zero,
     so the projection term starts at 0 (its gradient does not)."""
+    from gantransfer_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+
     if not self.cond_dim:
       return []
-    return [ConditionSite(GENERATOR, G_EMBEDDING),
-            ConditionSite(DISCRIMINATOR, D_EMBEDDING, zero_when_new=True)]
+    width = self.generator.embedding_dim
+    return [ConditionSite(GENERATOR, G_EMBEDDING, stylegan2.PriorEmbedding(width),
+                          self.cond_dim, width),
+            ConditionSite(DISCRIMINATOR, D_EMBEDDING,
+                          stylegan2.projection_embedding(self.discriminator), self.cond_dim,
+                          self.discriminator.feature_dim, zero_when_new=True)]
 
   def transfer(self, fresh, pretrained):
     """As TransferGAN; a conditional model from an unconditional source (DIP from a
@@ -532,18 +575,20 @@ class SNGan(Gan):
   steps' fakes use batch statistics but do not update it); D's once per D step.
   """
 
-  def _cond(self, cond: Array | None, batch: int) -> Array:
-    if cond is None:
-      return jnp.zeros((batch, max(self.cond_dim, 1)), jnp.float32)
-    return cond
+  def init_rngs(self, key):
+    k_g, k_d = jax.random.split(key)
+    return {GENERATOR: {"params": k_g}, DISCRIMINATOR: {"params": k_d}}
 
   def init(self, key):
-    k_g, k_d = jax.random.split(key)
+    # Batch 2: batch norm's statistics of a single sample are degenerate.
+    rngs = self.init_rngs(key)
     z = jnp.zeros((2, self.z_dim), jnp.float32)
-    cond = self._cond(None, 2)
     images = jnp.zeros((2, self.resolution, self.resolution, 3), jnp.float32)
-    return (self.generator.init(k_g, z, cond, train=False),
-            self.discriminator.init(k_d, images, cond, train=False))
+    return (self.generator.init(rngs[GENERATOR], z, *self.condition_placeholders(GENERATOR, 2),
+                                train=False),
+            self.discriminator.init(rngs[DISCRIMINATOR], images,
+                                    *self.condition_placeholders(DISCRIMINATOR, 2),
+                                    train=False))
 
   def discriminator_groups(self) -> list[Group]:
     """FreezeD counts D's blocks from the image side."""
@@ -552,26 +597,32 @@ class SNGan(Gan):
     return [((f"blocks_{i}",),) for i in range(sngan.num_upsamplings(self.resolution) + 1)]
 
   def condition_sites(self) -> list[ConditionSite]:
-    """G_emb and D_emb, conditional or not (an unconditional SNGAN embeds a constant)."""
-    return [ConditionSite(GENERATOR, G_EMBEDDING), ConditionSite(DISCRIMINATOR, D_EMBEDDING)]
+    """G_emb and D_emb, conditional or not: an unconditional SNGAN embeds a constant
+    zero condition of width 1 (G_emb's bias; a zero projection term)."""
+    from gantransfer_jax.models import sngan  # pylint: disable=g-import-not-at-top
+
+    cond_dim, required = max(self.cond_dim, 1), False
+    return [ConditionSite(GENERATOR, G_EMBEDDING, sngan.prior_embedding(self.generator),
+                          cond_dim, self.generator.embedding_dim, required=required),
+            ConditionSite(DISCRIMINATOR, D_EMBEDDING,
+                          sngan.projection_embedding(self.discriminator), cond_dim,
+                          self.discriminator.feature_dim, takes_train=True,
+                          required=required)]
 
   def generate(self, g_params, g_state, z, cond, key):
     del key
-    images, mutated = self.generator.apply(
-        variables(g_params, g_state), z, self._cond(cond, z.shape[0]), train=True,
-        mutable=["batch_stats"])
+    images, mutated = self.generator.apply(variables(g_params, g_state), z, cond, train=True,
+                                           mutable=["batch_stats"])
     return images, {**g_state, **mutated}
 
   def discriminate(self, d_params, d_state, images, cond):
-    logits, mutated = self.discriminator.apply(
-        variables(d_params, d_state), images, self._cond(cond, images.shape[0]), train=True,
-        mutable=["batch_stats"])
+    logits, mutated = self.discriminator.apply(variables(d_params, d_state), images, cond,
+                                               train=True, mutable=["batch_stats"])
     return logits, {**d_state, **mutated}
 
   def sample(self, g_params, g_state, z, cond, key):
     del key
-    return self.generator.apply(variables(g_params, g_state), z,
-                                self._cond(cond, z.shape[0]), train=False)
+    return self.generator.apply(variables(g_params, g_state), z, cond, train=False)
 
 
 def condition_dim(config: ml_collections.ConfigDict) -> int:

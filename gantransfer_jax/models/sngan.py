@@ -10,6 +10,11 @@ The prior is a frozen feature C(x) of a real image (`gantransfer_jax.priors`):
   with D_f the ReLU'd, spatially summed output of the residual blocks, D_l a linear map
   to a scalar and D_emb a linear map of the prior to D_f's width.
 
+The networks take the embeddings G_emb(prior) and D_emb(prior); G_emb and D_emb are
+modules of their own (`prior_embedding`, `projection_embedding`), which the condition
+transform (`transfer.condition`) holds and runs, their variables still under `g_emb`
+and `d_emb` of G's and D's.
+
 Spectral normalisation (`flax.linen.SpectralNorm`, one power iteration per step, its
 `u` and `sigma` in the 'batch_stats' collection) is applied to every convolution and
 linear map of G and D, BigGAN's choice, except `G_emb` (BigGAN's shared embedding is
@@ -19,7 +24,7 @@ true, so apply with `mutable=['batch_stats']` then.
 Resolutions 32..128 (any 4 * 2^k); widths are `width` times per-stage multipliers
 (defaults after BigGAN: 256 channels throughout at 32 x 32, 1024..64 at 128 x 128).
 
-The StyleGAN2 variant of DIP lives in `models.stylegan2` (its `cond_dim`).
+The StyleGAN2 variant of DIP lives in `models.stylegan2` (its `conditional`).
 """
 
 from __future__ import annotations
@@ -145,14 +150,13 @@ class GeneratorBlock(nn.Module):
 
 
 class Generator(nn.Module):
-  """G(z, prior): [N, z_dim], [N, prior_dim] -> images [N, resolution, resolution, 3] in
-  [-1, 1].
+  """G(z | G_emb(prior)): [N, z_dim], [N, embedding_dim] -> images [N, resolution,
+  resolution, 3] in [-1, 1].
 
-  Inference-time DIP tools (`gantransfer_jax.dip`) work in the conditional space, so G
-  also takes `embedding=` in place of the prior: sampling from K-means centroids or a
-  GMM fitted on G_emb(priors) produces embeddings with no prior behind them, and
-  inversion optimises one embedding per block (paper 003, appendix C). `embed(prior)`
-  is G_emb alone, so G(z, prior) == G(z, embedding=embed(prior)).
+  G works in the conditional space, as the inference-time DIP tools
+  (`gantransfer_jax.dip`) do: sampling from K-means centroids or a GMM fitted on
+  G_emb(priors) produces embeddings with no prior behind them, and inversion optimises
+  one embedding per block (paper 003, appendix C).
 
   Attributes:
     resolution: output size, 4 * 2^k (32, 64, 128, ...).
@@ -174,43 +178,26 @@ class Generator(nn.Module):
   hierarchical_z: bool = True
   out_channels: int = 3
 
-  def setup(self):
-    # Declared in setup (not inline in the compact __call__) so that `embed` can reach
-    # it; the parameter path stays 'g_emb'.
-    self.g_emb = nn.Dense(self.embedding_dim)
-
   @property
   def num_blocks(self) -> int:
     """Residual (upsampling) blocks, hence per-block embeddings `__call__` takes."""
     return num_upsamplings(self.resolution)
 
-  def embed(self, prior: jax.Array) -> jax.Array:
-    """G_emb(prior): [N, prior_dim] -> [N, embedding_dim]. An affine map with no state, so
-    it is the same in train and eval mode."""
-    return self.g_emb(prior)
-
   @nn.compact
-  def __call__(self, z: jax.Array, prior: jax.Array | None = None, train: bool = False, *,
-               embedding: jax.Array | None = None) -> jax.Array:
-    """Images from z and either the prior or its embedding.
+  def __call__(self, z: jax.Array, embedding: jax.Array, train: bool = False) -> jax.Array:
+    """Images from z and the conditional input.
 
     Args:
       z: [N, z_dim] latents.
-      prior: [N, prior_dim] priors C(x), embedded by G_emb; or None when `embedding`
-        is given.
+      embedding: the conditional input G_emb(prior): [N, embedding_dim] shared by every
+        block, or [num_blocks, N, embedding_dim], one per block.
       train: update batch statistics and power iterations (apply with
         mutable=['batch_stats']).
-      embedding: instead of `prior`, the conditional input itself: [N, embedding_dim]
-        shared by every block, or [num_blocks, N, embedding_dim], one per block.
     """
     blocks = self.num_blocks
     multipliers = _multipliers(DEFAULT_G_MULTIPLIERS, self.channel_multipliers,
                                self.resolution, blocks + 1)
-    if (prior is None) == (embedding is None):
-      raise ValueError("pass exactly one of prior and embedding")
-    if embedding is None:
-      embeddings = [self.embed(prior)] * blocks
-    elif embedding.ndim == 2:
+    if embedding.ndim == 2:
       embeddings = [embedding] * blocks
     elif embedding.ndim == 3 and embedding.shape[0] == blocks:
       embeddings = list(embedding)
@@ -269,9 +256,15 @@ class DiscriminatorBlock(nn.Module):
     return h + shortcut
 
 
+def prior_embedding(generator: Generator) -> nn.Module:
+  """G_emb: a linear map, [N, prior_dim] -> [N, embedding_dim]; no spectral norm (see the
+  module docstring) and no state, so the same in train and eval mode."""
+  return nn.Dense(generator.embedding_dim)
+
+
 class ProjectionDiscriminator(nn.Module):
-  """D(x, prior) = D_emb(prior) . D_f(x) + D_l(D_f(x)) (eq. 4): images [N, R, R, C] and
-  priors [N, prior_dim] -> scores [N].
+  """D(x | D_emb(prior)) = D_emb(prior) . D_f(x) + D_l(D_f(x)) (eq. 4): images
+  [N, R, R, C] and embeddings [N, feature_dim] -> scores [N].
 
   D_f(x) is the sum over space of the ReLU'd last block output ([N, width * last
   multiplier]; paper: 1024). Blocks halve the resolution down to 4 x 4, then one more
@@ -288,17 +281,24 @@ class ProjectionDiscriminator(nn.Module):
   width: int = 64
   channel_multipliers: Sequence[int] | None = None
 
+  def _stage_multipliers(self) -> tuple[int, ...]:
+    return _multipliers(DEFAULT_D_MULTIPLIERS, self.channel_multipliers, self.resolution,
+                        num_upsamplings(self.resolution) + 1)
+
+  @property
+  def feature_dim(self) -> int:
+    """Width of D_f(x), hence of D_emb(prior)."""
+    return self.width * self._stage_multipliers()[-1]
+
   def setup(self):
     downsamplings = num_upsamplings(self.resolution)
-    multipliers = _multipliers(DEFAULT_D_MULTIPLIERS, self.channel_multipliers,
-                               self.resolution, downsamplings + 1)
+    multipliers = self._stage_multipliers()
     self.blocks = [
         DiscriminatorBlock(self.width * multiplier, downsample=index < downsamplings,
                            first=index == 0)
         for index, multiplier in enumerate(multipliers)
     ]
     self.d_l = SNDense(1)
-    self.d_emb = SNDense(self.width * multipliers[-1], use_bias=False)
 
   def features(self, images: jax.Array, train: bool = False) -> jax.Array:
     """D_f(x): [N, R, R, C] -> [N, feature_dim]."""
@@ -307,15 +307,18 @@ class ProjectionDiscriminator(nn.Module):
       x = block(x, train)
     return jnp.sum(nn.relu(x), axis=(1, 2))
 
-  def embed(self, prior: jax.Array, train: bool = False) -> jax.Array:
-    """D_emb(prior): [N, prior_dim] -> [N, feature_dim]."""
-    return self.d_emb(prior, train)
-
   def unconditional(self, features: jax.Array, train: bool = False) -> jax.Array:
     """D_l(D_f(x)): [N, feature_dim] -> [N]."""
     return self.d_l(features, train)[:, 0]
 
-  def __call__(self, images: jax.Array, prior: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, images: jax.Array, embedding: jax.Array,
+               train: bool = False) -> jax.Array:
     features = self.features(images, train)
-    projection = jnp.sum(self.embed(prior, train) * features, axis=-1)
+    projection = jnp.sum(embedding * features, axis=-1)
     return projection + self.unconditional(features, train)
+
+
+def projection_embedding(discriminator: ProjectionDiscriminator) -> nn.Module:
+  """D_emb: a spectrally normalised linear map, no bias, [N, prior_dim] ->
+  [N, feature_dim]; its power iteration advances in train mode."""
+  return SNDense(discriminator.feature_dim, use_bias=False)

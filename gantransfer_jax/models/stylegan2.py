@@ -7,7 +7,7 @@ change alone:
 
   Generator params
     mapping/fc{i}/{weight,bias}
-    g_emb/{fc0,fc1}/{weight,bias}                       (DIP variant only)
+    g_emb/{fc0,fc1}/{weight,bias}                       (DIP variant: `PriorEmbedding`)
     synthesis/b4/const                                  [4, 4, C]  (official [C, 4, 4])
     synthesis/b{res}/{conv0,conv1}/{affine/{weight,bias},weight,bias,noise_strength}
     synthesis/b{res}/torgb/{affine/{weight,bias},weight,bias}
@@ -17,13 +17,16 @@ change alone:
   Discriminator params
     b{res}/{fromrgb (top block only),conv0,conv1,skip}/{weight,bias}
     b4/{conv,fc,out}/{weight,bias}
-    d_emb/weight                                        (DIP variant only)
+    d_emb/weight                                        (DIP variant: `projection_embedding`)
 
-The DIP variant (paper 003, appendix: `cond_dim` > 0) conditions both networks on a
+The DIP variant (paper 003, appendix: `conditional`) conditions both networks on a
 prior C(x) of a frozen network (or a one-hot label): G_emb, a 2-layer ReLU MLP, maps it
 to a 512-d conditional space whose output joins z as the mapping network's input, and
 D adds the projection term D_emb(C(x)) . D_f(x) to its logit (eq. 4), D_f being the
-epilogue's fc features. Two details the paper leaves open follow StyleGAN2-ADA's
+epilogue's fc features. The networks take the embeddings, G_emb(C(x)) and D_emb(C(x));
+the embeddings are modules of their own (`PriorEmbedding`, `projection_embedding`),
+which the condition transform (`transfer.condition`) holds and runs, their params
+still under `g_emb` and `d_emb` of G's and D's. Two details the paper leaves open follow StyleGAN2-ADA's
 conditional networks: z and G_emb's output are 2nd-moment normalised apart before the
 concatenation, and the projection is scaled by 1/sqrt(dim(D_f)) (a constant factor on
 D_emb, so the same function class as eq. 4) to keep it at the logit's scale at init.
@@ -386,7 +389,8 @@ class SynthesisNetwork(nn.Module):
 
 class PriorEmbedding(nn.Module):
   """G_emb of the DIP generator: a 2-layer ReLU MLP, [B, cond_dim] -> [B, features]
-  (paper 003: 512). Equalized-lr layers, like the rest of StyleGAN2."""
+  (paper 003: 512), the generator's `embedding`. Equalized-lr layers, like the rest of
+  StyleGAN2."""
   features: int = 512
 
   @nn.compact
@@ -399,14 +403,14 @@ class PriorEmbedding(nn.Module):
 class Generator(nn.Module):
   """StyleGAN2 generator: mapping network + skip synthesis network.
 
-  Variables: 'params' (mapping/..., synthesis/..., and g_emb/... when conditional),
-  'stats' {'w_avg': [w_dim]} (the moving average of w used by truncation) and
-  'noise_consts' (the fixed noise maps of noise_mode='const'; only needed in that mode).
+  Variables: 'params' (mapping/..., synthesis/...), 'stats' {'w_avg': [w_dim]} (the
+  moving average of w used by truncation) and 'noise_consts' (the fixed noise maps of
+  noise_mode='const'; only needed in that mode).
 
-  With `cond_dim` > 0 it is the DIP variant (module docstring): every call takes the
-  condition `cond` [B, cond_dim], or in its place `embedding=`, the conditional input
-  G_emb(cond) itself: [B, E] shared by every w, or [num_ws, B, E], one per w (what
-  inversion optimises; `num_blocks` names that count for `gantransfer_jax.dip`).
+  `conditional`: the DIP variant (module docstring): every call takes `embedding`, the
+  conditional input G_emb(cond) [B, embedding_dim] shared by every w, or
+  [num_ws, B, embedding_dim], one per w (what inversion optimises; `num_blocks` names
+  that count for `gantransfer_jax.dip`).
   """
   resolution: int            # Power of two >= 4.
   z_dim: int = 512
@@ -427,7 +431,7 @@ class Generator(nn.Module):
   # None: all of them).
   num_fp16_res: int | None = None
   remat: bool = False  # jax.checkpoint each synthesis block (less memory, more compute).
-  cond_dim: int = 0          # Width of the condition (DIP prior, one-hot label); 0: none.
+  conditional: bool = False  # Takes G_emb(cond) (the DIP variant).
   embedding_dim: int = 512   # Width of G_emb's output (DIP variant only).
 
   def setup(self):
@@ -438,8 +442,6 @@ class Generator(nn.Module):
         channel_max=self.channel_max, use_noise=self.use_noise,
         resample_taps=self.resample_taps, conv_clamp=self.conv_clamp, dtype=self.dtype,
         num_fp16_res=self.num_fp16_res, remat=self.remat)
-    if self.cond_dim:
-      self.g_emb = PriorEmbedding(self.embedding_dim)
     # Declared only where it exists or can be created, so that synthesis-only callers
     # may pass {'params'} alone.
     if self.has_variable("stats", "w_avg") or self.is_mutable_collection("stats"):
@@ -455,42 +457,29 @@ class Generator(nn.Module):
     """How many embeddings `embedding=` may give separately: one per w."""
     return self.num_ws
 
-  def __call__(self, z: Array, cond: Array | None = None, *,
-               embedding: Array | None = None, truncation_psi: float | Array = 1.0,
-               truncation_cutoff: int | None = None, noise_mode: str = "random",
-               update_w_avg: bool = False) -> Array:
-    """z [B, z_dim] (and the condition) -> images [B, R, R, img_channels]."""
-    ws = self.map(z, cond, embedding=embedding, truncation_psi=truncation_psi,
+  def __call__(self, z: Array, embedding: Array | None = None, *,
+               truncation_psi: float | Array = 1.0, truncation_cutoff: int | None = None,
+               noise_mode: str = "random", update_w_avg: bool = False) -> Array:
+    """z [B, z_dim] (and the embedding) -> images [B, R, R, img_channels]."""
+    ws = self.map(z, embedding, truncation_psi=truncation_psi,
                   truncation_cutoff=truncation_cutoff, update_w_avg=update_w_avg)
     return self.synthesize(ws, noise_mode=noise_mode)
 
-  def embed(self, cond: Array) -> Array:
-    """G_emb(cond): [B, cond_dim] -> [B, embedding_dim] (DIP variant only)."""
-    if not self.cond_dim:
-      raise ValueError("embed needs a conditional generator (cond_dim > 0)")
-    if cond.ndim != 2 or cond.shape[1] != self.cond_dim:
-      raise ValueError(f"expected cond of shape [B, {self.cond_dim}], got {cond.shape}")
-    return self.g_emb(cond)
-
-  def _embedding(self, cond: Array | None, embedding: Array | None) -> Array | None:
-    """The mapping's conditional input: None, [B, E] or [num_ws, B, E]."""
-    if not self.cond_dim:
-      if cond is not None or embedding is not None:
-        raise ValueError("this generator is unconditional (cond_dim=0); pass no condition")
-      return None
-    if (cond is None) == (embedding is None):
-      raise ValueError("a conditional generator takes exactly one of cond and embedding")
+  def _check_embedding(self, embedding: Array | None) -> None:
+    if not self.conditional:
+      if embedding is not None:
+        raise ValueError("this generator is unconditional; pass no condition embedding")
+      return
     if embedding is None:
-      return self.embed(cond)
+      raise ValueError("a conditional generator takes the embedding G_emb(cond)")
     if embedding.ndim == 3 and embedding.shape[0] != self.num_ws or embedding.ndim not in (2, 3):
       raise ValueError(f"embedding must be [B, E] or [{self.num_ws} ws, B, E], "
                        f"got shape {embedding.shape}")
-    return embedding
 
-  def map(self, z: Array, cond: Array | None = None, *, embedding: Array | None = None,
+  def map(self, z: Array, embedding: Array | None = None, *,
           truncation_psi: float | Array = 1.0, truncation_cutoff: int | None = None,
           update_w_avg: bool = False) -> Array:
-    """z [B, z_dim] (and the condition, see the class docstring) -> ws [B, num_ws, w_dim].
+    """z [B, z_dim] (and the embedding, see the class docstring) -> ws [B, num_ws, w_dim].
 
     With `update_w_avg` and a mutable 'stats' collection, first moves w_avg towards the
     batch mean of w: w_avg <- lerp(mean_b w, w_avg, w_avg_beta). Truncation then lerps
@@ -498,7 +487,7 @@ class Generator(nn.Module):
     """
     if z.ndim != 2 or z.shape[1] != self.z_dim:
       raise ValueError(f"expected z of shape [B, {self.z_dim}], got {z.shape}")
-    embedding = self._embedding(cond, embedding)
+    self._check_embedding(embedding)
     if embedding is None or embedding.ndim == 2:
       w = self.mapping(z, embedding)
       ws = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_ws, self.w_dim))
@@ -610,6 +599,11 @@ class DiscriminatorEpilogue(nn.Module):
     return logits + projection * (1 / np.sqrt(self.channels))
 
 
+def projection_embedding(discriminator: Discriminator) -> nn.Module:
+  """D_emb of the DIP discriminator: linear, no bias, [B, cond_dim] -> [B, feature_dim]."""
+  return layers.FullyConnectedLayer(discriminator.feature_dim, use_bias=False)
+
+
 def _synthesis_block_resolutions(resolution: int) -> list[int]:
   """Resolutions of the synthesis blocks, lowest (4) first."""
   log2 = _log2_resolution(resolution, 4)
@@ -639,9 +633,8 @@ def discriminator_block_names(resolution: int) -> list[str]:
 class Discriminator(nn.Module):
   """StyleGAN2 resnet discriminator: images [B, R, R, 3] -> logits [B].
 
-  With `cond_dim` > 0 (DIP variant) it also takes the condition [B, cond_dim] and adds
-  the projection term of D_emb(cond) (`d_emb`, linear, no bias) on the epilogue's
-  features.
+  `conditional` (DIP variant): it also takes `embedding`, D_emb(cond) [B, `feature_dim`]
+  (`projection_embedding`), and adds its projection on the epilogue's features.
   """
   resolution: int
   channel_base: int = 32768
@@ -658,25 +651,27 @@ class Discriminator(nn.Module):
   # None: all of them).
   num_fp16_res: int | None = None
   remat: bool = False  # jax.checkpoint each resnet block (less memory, more compute).
-  cond_dim: int = 0  # Width of the condition (DIP prior, one-hot label); 0: none.
+  conditional: bool = False  # Takes D_emb(cond) (the DIP variant).
+
+  @property
+  def feature_dim(self) -> int:
+    """Width of the epilogue's features D_f(x), hence of D_emb(cond)."""
+    return num_channels(4, self.channel_base, self.channel_max)
 
   @nn.compact
-  def __call__(self, images: Array, cond: Array | None = None) -> Array:
+  def __call__(self, images: Array, embedding: Array | None = None) -> Array:
     expected = (self.resolution, self.resolution, self.img_channels)
     if images.ndim != 4 or images.shape[1:] != expected:
       raise ValueError(f"expected images of shape [B, {', '.join(map(str, expected))}], "
                        f"got {images.shape}")
     channels = lambda res: num_channels(res, self.channel_base, self.channel_max)
-    cond_embedding = None
-    if self.cond_dim:
-      if cond is None or cond.shape != (images.shape[0], self.cond_dim):
-        got = None if cond is None else cond.shape
-        raise ValueError(f"expected cond of shape [{images.shape[0]}, {self.cond_dim}], "
-                         f"got {got}")
-      cond_embedding = layers.FullyConnectedLayer(channels(4), use_bias=False, name="d_emb")(
-          layers.at_least_float32(cond))
-    elif cond is not None:
-      raise ValueError("this discriminator is unconditional (cond_dim=0); pass no condition")
+    if self.conditional:
+      if embedding is None or embedding.shape != (images.shape[0], self.feature_dim):
+        got = None if embedding is None else embedding.shape
+        raise ValueError(f"expected the embedding D_emb(cond) of shape "
+                         f"[{images.shape[0]}, {self.feature_dim}], got {got}")
+    elif embedding is not None:
+      raise ValueError("this discriminator is unconditional; pass no condition embedding")
     x = images
     block_cls = nn.remat(DiscriminatorBlock) if self.remat else DiscriminatorBlock
     for res in _discriminator_block_resolutions(self.resolution):
@@ -685,4 +680,4 @@ class Discriminator(nn.Module):
                     dtype=block_dtype(res, self.resolution, self.dtype, self.num_fp16_res),
                     name=f"b{res}")(x)
     return DiscriminatorEpilogue(channels(4), self.mbstd_group_size, self.mbstd_num_channels,
-                                 conv_clamp=self.conv_clamp, name="b4")(x, cond_embedding)
+                                 conv_clamp=self.conv_clamp, name="b4")(x, embedding)

@@ -3,19 +3,22 @@
 Each transform acts on one network's parameter pytree (`network`: `gan.GENERATOR` or
 `gan.DISCRIMINATOR`):
 
-  params = {**params, **t.init(params)}      # what it adds (e.g. a modulation), at init
-  seen = t.apply(params)                     # what the network's forward pass takes
+  added = t.init(variables, rngs)            # what it adds to each collection, at init
+                                             #   (a modulation, a condition embedding)
+  seen = t.apply(params)                     # the params the network's forward pass takes
+  inputs, state = t.condition(params, state, cond, batch, train)  # e.g. G_emb(cond)
   trainable, fixed = t.trainable(params)     # what the optimizer sees, and what it never does
   tx = t.optimizer(tx)                       # e.g. a warm-up of what it added
   start = t.transfer(fresh, loaded)          # a finetune's start: e.g. fresh layers
 
-Composition: `init`, `apply` and `transfer` run in the listed order, each on the
-previous one's output; `trainable` splits the previous transform's trainable part
+Composition: `init`, `apply`, `condition` and `transfer` run in the listed order, each
+on the previous one's output; `trainable` splits the previous transform's trainable part
 further, and the fixed parts are united, so a leaf any transform fixes stays fixed
 (splits are by leaf, `freezing.merge` undoes any of them); `optimizer` wraps in order,
 the last outermost.
-What `init` adds must stay top-level entries of their own (checkpoints, the EMA and
-resume carry them as any parameter), and `apply` removes them again.
+What `init` adds must stay top-level entries of their own in each collection
+(checkpoints, the EMA and resume carry them as any variable), and `apply` removes the
+params among them again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import optax
 from gantransfer_jax import freezing
 
 Params = dict[str, Any]
+Variables = dict[str, Params]  # {'params': ..., other collections: ...}
 
 
 class Transform(Protocol):
@@ -41,11 +45,17 @@ class Transform(Protocol):
   network: str
   adds: tuple[str, ...]
 
-  def init(self, params: Params) -> Params:
-    """Top-level entries to add to `params` (may be empty)."""
+  def init(self, variables: Variables, rngs: dict[str, Any]) -> Variables:
+    """Top-level entries to add to the network's `variables`, per collection (may be
+    empty); `rngs` are the network's own init rngs (`Gan.init_rngs`)."""
 
   def apply(self, params: Params) -> Params:
     """The params the network sees: what `init` added is consumed and removed."""
+
+  def condition(self, params: Params, state: Params, cond: Any, batch: int,
+                train: bool) -> tuple[Any, Params]:
+    """(what the network takes for the condition `cond` of a `batch`, the network's
+    updated state): an embedding of it, or `cond` as it is."""
 
   def trainable(self, params: Params) -> tuple[Params, Params]:
     """(trainable, fixed): every leaf of `params` in exactly one of the two."""
@@ -65,12 +75,17 @@ class Identity:
   network: str
   adds: tuple[str, ...] = ()
 
-  def init(self, params: Params) -> Params:
-    del params
+  def init(self, variables: Variables, rngs: dict[str, Any]) -> Variables:
+    del variables, rngs
     return {}
 
   def apply(self, params: Params) -> Params:
     return params
+
+  def condition(self, params: Params, state: Params, cond: Any, batch: int,
+                train: bool) -> tuple[Any, Params]:
+    del params, batch, train
+    return cond, state
 
   def trainable(self, params: Params) -> tuple[Params, Params]:
     return params, {}
@@ -87,16 +102,18 @@ def of(transforms: Sequence[Transform], network: str) -> list[Transform]:
   return [t for t in transforms if t.network == network]
 
 
-def init(transforms: Sequence[Transform], network: str, params: Params) -> Params:
-  """`params` with what each of `network`'s transforms adds."""
+def init(transforms: Sequence[Transform], network: str, variables: Variables,
+         rngs: dict[str, Any]) -> Variables:
+  """`variables` with what each of `network`'s transforms adds."""
   for transform in of(transforms, network):
-    extra = transform.init(params)
-    clash = sorted(set(extra) & set(params))
-    if clash:
-      raise ValueError(f"transfer: {type(transform).__name__} adds {', '.join(clash)}, "
-                       "which the params already hold (a transform listed twice?)")
-    params = {**params, **extra}
-  return params
+    for collection, extra in transform.init(variables, rngs).items():
+      held = variables.get(collection, {})
+      clash = sorted(set(extra) & set(held))
+      if clash:
+        raise ValueError(f"transfer: {type(transform).__name__} adds {', '.join(clash)}, "
+                         f"which the {collection} already hold (a transform listed twice?)")
+      variables = {**variables, collection: {**held, **extra}}
+  return variables
 
 
 def added(transforms: Sequence[Transform], network: str) -> tuple[str, ...]:
@@ -108,6 +125,13 @@ def apply(transforms: Sequence[Transform], network: str, params: Params) -> Para
   for transform in of(transforms, network):
     params = transform.apply(params)
   return params
+
+
+def condition(transforms: Sequence[Transform], network: str, params: Params, state: Params,
+              cond: Any, batch: int, train: bool) -> tuple[Any, Params]:
+  for transform in of(transforms, network):
+    cond, state = transform.condition(params, state, cond, batch, train)
+  return cond, state
 
 
 def trainable(transforms: Sequence[Transform], network: str,

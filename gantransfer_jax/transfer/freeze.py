@@ -25,8 +25,10 @@ class Freeze(base.Identity):
   network: str
   prefixes: tuple[Prefix, ...]
 
-  def init(self, params):
-    freezing.check_prefixes(params, self.prefixes)  # A prefix naming nothing is a bug.
+  def init(self, variables, rngs):
+    del rngs
+    # A prefix naming nothing is a bug.
+    freezing.check_prefixes(variables["params"], self.prefixes)
     return {}
 
   def trainable(self, params):

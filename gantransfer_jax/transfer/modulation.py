@@ -58,11 +58,12 @@ class Modulation(base.Identity):
   def spec(self) -> adafm.Spec:
     return adafm.Spec(kind=self.kind, layers=self.site.layers, kernel=self.site.kernel)
 
-  def init(self, params):
-    scoped = _get(params, self.site.scope)
+  def init(self, variables, rngs):
+    del rngs  # The identity: nothing random.
+    scoped = _get(variables["params"], self.site.scope)
     if scoped is None:
       raise ValueError(f"{self.kind}: G's params hold no {'/'.join(self.site.scope)!r}")
-    return {KEY: adafm.init(scoped, self.spec)}
+    return {"params": {KEY: adafm.init(scoped, self.spec)}}
 
   def apply(self, params):
     rest = {name: value for name, value in params.items() if name != KEY}

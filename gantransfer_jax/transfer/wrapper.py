@@ -4,9 +4,11 @@
 in it, so every consumer of a `Gan` (the train step, sample grids, evaluation, the
 `evaluate`, `select` and `sample` commands) sees the transformed parameters:
 
-* init: the family's params, plus what the transforms add (a 'modulation');
+* init: the family's variables, plus what the transforms add (a 'modulation', the
+  condition embeddings);
 * forward passes: `generate`, `discriminate`, `sample`, `path_length_penalty` and
-  `sample_mixed` run the family's on `apply`'s params;
+  `sample_mixed` run the family's on `apply`'s params, with what `condition` makes of
+  the condition (G_emb(cond), D_emb(cond));
 * training: `trainable` splits what the optimizer sees from what stays fixed, and the
   optimizers are the family's, wrapped by the transforms (a warm-up);
 * transfer: the family's, with what the transforms add taken from the source
@@ -47,12 +49,20 @@ class TransferGan(gan_lib.Gan):
   def _seen(self, network: str, params):
     return base.apply(self.transforms, network, params)
 
+  def _inputs(self, network: str, params, state, cond, batch: int, train: bool):
+    """(what the network takes for `cond`, its updated state)."""
+    return base.condition(self.transforms, network, params, state, cond, batch, train)
+
   # ---- Initialisation and transfer ----
 
+  def init_rngs(self, key):
+    return self.base.init_rngs(key)
+
   def init(self, key):
+    rngs = self.init_rngs(key)
     g_vars, d_vars = self.base.init(key)
-    return ({**g_vars, "params": base.init(self.transforms, G, g_vars["params"])},
-            {**d_vars, "params": base.init(self.transforms, D, d_vars["params"])})
+    return (base.init(self.transforms, G, g_vars, rngs[G]),
+            base.init(self.transforms, D, d_vars, rngs[D]))
 
   def transfer(self, fresh, pretrained):
     g_added, d_added = base.added(self.transforms, G), base.added(self.transforms, D)
@@ -89,28 +99,38 @@ class TransferGan(gan_lib.Gan):
   def network_params(self, network, params):
     return self.base.network_params(network, self._seen(network, params))
 
-  # ---- Forward passes: the family's, on the transformed params ----
+  def embed_condition(self, network, params, state, cond):
+    return self._inputs(network, params, state, cond, cond.shape[0], train=False)[0]
+
+  # ---- Forward passes: the family's, on the transformed params and conditions ----
 
   def generate(self, g_params, g_state, z, cond, key):
+    cond, g_state = self._inputs(G, g_params, g_state, cond, z.shape[0], train=True)
     return self.base.generate(self._seen(G, g_params), g_state, z, cond, key)
 
   def discriminate(self, d_params, d_state, images, cond):
+    cond, d_state = self._inputs(D, d_params, d_state, cond, images.shape[0], train=True)
     return self.base.discriminate(self._seen(D, d_params), d_state, images, cond)
 
   def sample(self, g_params, g_state, z, cond, key):
+    cond, _ = self._inputs(G, g_params, g_state, cond, z.shape[0], train=False)
     return self.base.sample(self._seen(G, g_params), g_state, z, cond, key)
 
   def path_length_penalty(self, g_params, g_state, z, cond, key, pl_mean):
+    cond, g_state = self._inputs(G, g_params, g_state, cond, z.shape[0], train=True)
     return self.base.path_length_penalty(self._seen(G, g_params), g_state, z, cond, key,
                                          pl_mean)
 
   @property
   def sample_mixed(self):
-    """The family's style mixing on the transformed params; an AttributeError where the
-    family has none."""
+    """The family's style mixing on the transformed params and conditions; an
+    AttributeError where the family has none."""
     family_mixed = self.base.sample_mixed
 
-    def sample_mixed(g_params, g_state, *args, **kwargs):
-      return family_mixed(self._seen(G, g_params), g_state, *args, **kwargs)
+    def sample_mixed(g_params, g_state, z, z_mix, crossover, key, cond=None, cond_mix=None):
+      cond, _ = self._inputs(G, g_params, g_state, cond, z.shape[0], train=False)
+      cond_mix, _ = self._inputs(G, g_params, g_state, cond_mix, z_mix.shape[0], train=False)
+      return family_mixed(self._seen(G, g_params), g_state, z, z_mix, crossover, key,
+                          cond=cond, cond_mix=cond_mix)
 
     return sample_mixed
