@@ -3,6 +3,8 @@
 Tiny 16 x 16 SNGANs (`ps_pretrain` 'sngan,tiny' / 'cifar,tiny' sizes) on ORL faces.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,7 @@ from gantransfer_jax import sample
 from gantransfer_jax import train
 from gantransfer_jax import writers
 from gantransfer_jax.data import sampler as sampler_lib
+from tests.data.checkpoints_4192753 import write as pre_transform_checkpoints
 from tests.weights_markers import needs_inception, needs_mobilenet
 
 
@@ -159,3 +162,15 @@ def test_conditional_pretraining_respects_labels_and_transfers_to_new_classes(tm
                                 jax.device_get(setup.state.g_params["g_emb"]["kernel"]))
   np.testing.assert_array_equal(start.g_params["linear"]["dense"]["kernel"],
                                 params["generator"]["linear"]["dense"]["kernel"])
+
+
+@pytest.mark.parametrize("run", sorted(pre_transform_checkpoints.RUNS))
+def test_checkpoints_from_before_the_condition_transform_sample_as_they_did(run):
+  # Written by 4192753, when the networks held G_emb and D_emb (see write.py): the
+  # condition transform finds them where they were, and the samples and D's logits of
+  # them are those that code computed.
+  folder = os.path.dirname(pre_transform_checkpoints.__file__)
+  samples, logits = pre_transform_checkpoints.outputs(os.path.join(folder, run))
+  expected = np.load(os.path.join(folder, "expected.npz"))
+  np.testing.assert_allclose(samples, expected[f"{run}/samples"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits, expected[f"{run}/logits"], rtol=1e-5, atol=1e-5)
