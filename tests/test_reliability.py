@@ -336,6 +336,10 @@ def test_a_second_ctrl_c_during_a_save_leaves_no_orbax_thread_waiting(tmp_path):
       import os, signal, sys, threading, time
       import jax.numpy as jnp, ml_collections
       from gantransfer_jax import checkpoints, train
+      # Ctrl-C as in a terminal: a KeyboardInterrupt. A process started with SIGINT
+      # ignored (a background job of a script: pytest-xdist workers can be) would
+      # otherwise take the second signal's other path, SIG_DFL's exit.
+      signal.signal(signal.SIGINT, signal.default_int_handler)
       state = {f"w{i}": jnp.full((64, 64), float(i)) for i in range(100)}
       config = ml_collections.ConfigDict({"a": 1})
       for k in range(12):  # The second signal lands at different points of the save.
