@@ -145,20 +145,27 @@ class Gan:
     k_g, k_noise, k_d = jax.random.split(key, 3)
     return {GENERATOR: {"params": k_g, "noise": k_noise}, DISCRIMINATOR: {"params": k_d}}
 
-  def condition_placeholders(self, network: str, batch: int) -> tuple[Array, ...]:
+  # How `init` traces the networks: the batch, and the keywords of their call.
+  _INIT_BATCH = 1
+  _INIT_KWARGS = {}
+
+  def _condition_placeholders(self, network: str) -> tuple[Array, ...]:
     """Zero embeddings for `network`'s condition sites (what its init traces with)."""
-    return tuple(jnp.zeros((batch, site.features), jnp.float32)
+    return tuple(jnp.zeros((self._INIT_BATCH, site.features), jnp.float32)
                  for site in self.condition_sites() if site.network == network)
 
   def init(self, key: Array) -> tuple[dict[str, Any], dict[str, Any]]:
     """(generator variables, discriminator variables) of the networks (the condition
     embeddings are the transforms': `transfer.wrapper.TransferGan.init`)."""
     rngs = self.init_rngs(key)
-    z = jnp.zeros((1, self.z_dim), jnp.float32)
-    images = jnp.zeros((1, self.resolution, self.resolution, 3), jnp.float32)
-    return (self.generator.init(rngs[GENERATOR], z, *self.condition_placeholders(GENERATOR, 1)),
+    batch = self._INIT_BATCH
+    z = jnp.zeros((batch, self.z_dim), jnp.float32)
+    images = jnp.zeros((batch, self.resolution, self.resolution, 3), jnp.float32)
+    return (self.generator.init(rngs[GENERATOR], z, *self._condition_placeholders(GENERATOR),
+                                **self._INIT_KWARGS),
             self.discriminator.init(rngs[DISCRIMINATOR], images,
-                                    *self.condition_placeholders(DISCRIMINATOR, 1)))
+                                    *self._condition_placeholders(DISCRIMINATOR),
+                                    **self._INIT_KWARGS))
 
   def transfer(self, fresh: dict[str, Any], pretrained: dict[str, Any]) -> dict[str, Any]:
     """The train-state fields a finetune starts from.
@@ -579,16 +586,8 @@ class SNGan(Gan):
     k_g, k_d = jax.random.split(key)
     return {GENERATOR: {"params": k_g}, DISCRIMINATOR: {"params": k_d}}
 
-  def init(self, key):
-    # Batch 2: batch norm's statistics of a single sample are degenerate.
-    rngs = self.init_rngs(key)
-    z = jnp.zeros((2, self.z_dim), jnp.float32)
-    images = jnp.zeros((2, self.resolution, self.resolution, 3), jnp.float32)
-    return (self.generator.init(rngs[GENERATOR], z, *self.condition_placeholders(GENERATOR, 2),
-                                train=False),
-            self.discriminator.init(rngs[DISCRIMINATOR], images,
-                                    *self.condition_placeholders(DISCRIMINATOR, 2),
-                                    train=False))
+  _INIT_BATCH = 2  # Batch norm's statistics of a single sample are degenerate.
+  _INIT_KWARGS = {"train": False}
 
   def discriminator_groups(self) -> list[Group]:
     """FreezeD counts D's blocks from the image side."""
